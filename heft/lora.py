@@ -1,0 +1,65 @@
+"""Stage 1: LoRA in weight space (peft), W' = W + (alpha/r) B A on the target modules."""
+from __future__ import annotations
+
+import json
+
+from heft.artifacts import Artifact, ArtifactStore, stage_key
+from heft.config import ConfigError, LoraConfig
+from heft.lineage import StageInputs
+from heft.training import EpochCallback, train
+
+# Attention projections per architecture (the paper adapts q/k/v/o on Llama).
+DEFAULT_TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "gpt2": ("c_attn", "c_proj"),
+    "bert": ("query", "key", "value", "dense"),
+}
+
+
+def target_modules(cfg: LoraConfig, model) -> list[str]:
+    """The configured targets, checked against the model's module names before training."""
+    targets = list(cfg.target_modules) or list(DEFAULT_TARGETS.get(model.config.model_type, ()))
+    if not targets:
+        raise ConfigError(f"lora.target_modules is empty and there is no default for "
+                          f"model_type={model.config.model_type!r}: name the modules to adapt")
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    unknown = [t for t in targets if t not in names]
+    if unknown:
+        raise ConfigError(f"lora.target_modules={unknown}: no such module in "
+                          f"{type(model).__name__} (e.g. {sorted(names)[:12]})")
+    return targets
+
+
+
+def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
+             on_epoch: EpochCallback | None = None) -> Artifact:
+    """Train a LoRA adapter on the parent's (base) weights; save it with save_pretrained."""
+    from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+    key = stage_key("lora", cfg, parent.key)
+    if (found := store.find("lora", key)) is not None:
+        return found
+    inputs = StageInputs.of(parent, store)
+    tok = inputs.tokenizer()
+    train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
+    model = inputs.load_weights(cfg.seed)
+    causal = inputs.family == "causal-lm"
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=target_modules(cfg, model),
+        # SEQ_CLS also trains and saves the new classification head (modules_to_save)
+        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
+    model = get_peft_model(model, peft_cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    history = train(model, [{"params": trainable}], train_enc, valid_enc, cfg,
+                    family=inputs.family, pooling=inputs.model_cfg.pooling,
+                    answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+                    desc="lora", on_epoch=on_epoch)
+    metrics = {"trainable_params": sum(p.numel() for p in trainable)}
+    if history:
+        metrics.update({f"final_{k}": v for k, v in history[-1].items()})
+    with store.build("lora", key) as tmp:
+        model.save_pretrained(str(tmp / "adapter"))
+        (tmp / "history.json").write_text(json.dumps(history, indent=2))
+        return store.publish(tmp, "lora", key, cfg, parent, metrics, lineage={})

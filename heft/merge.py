@@ -1,0 +1,51 @@
+"""Stage 2: fold the LoRA update into the base weights, so ReFT sees a plain HF model.
+
+``merge_and_unload(safe_merge=True)`` computes W + (alpha/r) B A into a copy and
+refuses NaN/inf before replacing W.  We also check that the merged model scores a
+validation batch like base + adapter did (float32: agreement to ~1e-5), and record
+the largest difference in the artifact's metrics.
+"""
+from __future__ import annotations
+
+import torch
+
+from heft import models
+from heft.artifacts import Artifact, ArtifactStore, stage_key
+from heft.batching import collate, eval_batches
+from heft.config import MergeConfig
+from heft.evaluate import load_for_eval
+from heft.lineage import StageInputs, artifact_ref
+
+TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+
+def run_merge(cfg: MergeConfig, parent: Artifact, store: ArtifactStore) -> Artifact:
+    if parent.stage != "lora":
+        raise ValueError(f"merge needs a lora artifact, got {parent.stage!r}")
+    key = stage_key("merge", cfg, parent.key)
+    if (found := store.find("merge", key)) is not None:
+        return found
+    inputs = StageInputs.of(parent, store)
+    tok = inputs.tokenizer()
+    enc = inputs.encoded("valid", tok)
+    if not len(enc):
+        enc = inputs.encoded("train", tok)
+    batch = collate(enc, eval_batches(enc, 16)[-1], tok.pad_token_id)  # the longest rows
+    peft_model, _ = load_for_eval(inputs)
+    score = lambda m: models.class_scores(m, batch, inputs.family, inputs.model_cfg.pooling,
+                                          inputs.answer_ids(tok))[0]
+    with torch.no_grad():
+        before = score(peft_model)
+        merged = peft_model.merge_and_unload(safe_merge=cfg.safe_merge)
+        after = score(merged)
+    diff = float((before - after).abs().max())
+    if diff > TOLERANCE[inputs.model_cfg.dtype]:
+        raise FloatingPointError(f"merge changed the model's scores by {diff:.3g} "
+                                 f"(> {TOLERANCE[inputs.model_cfg.dtype]}); refusing to save")
+    with store.build("merge", key) as tmp:
+        merged.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        tok.save_pretrained(str(tmp / "model"))
+        ref = artifact_ref("merge", key)
+        return store.publish(tmp, "merge", key, cfg, parent, {"merge_max_abs_diff": diff},
+                             lineage={"weights": ref + "/model", "tokenizer": ref + "/model"})

@@ -1,0 +1,82 @@
+"""Presets (YAML files in deployments/) plus dotted overrides -> a validated RunConfig.
+
+    model: {name: ../shared/models/stories260K}
+    lora: {epochs: 3}
+and ``lora.rank=16 reft.layer=4`` on the command line.  Unknown keys are errors
+that name the key and where it came from; values are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from heft.config import ConfigError, RunConfig
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_preset(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"preset {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {str(path)!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {str(path)!r}: expected a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
+        key, raw = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def build(cls, values: dict, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclass fields."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown option {name!r} (known: {', '.join(sorted(fields))})")
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"option {name!r} must be a mapping, got {value!r}")
+            value = build(type(default), value, name)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def load_run_config(preset: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    values = read_preset(preset) if preset else {}
+    return build(RunConfig, _merge(values, parse_overrides(list(overrides))), "")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,80 @@
+"""Stage 3: LoReFT on the frozen (merged or base) model.
+
+Only the intervention (R, W, b: 2*r*d + r numbers) is trained, plus for an encoder the
+2-label head (as LoReFT does on GLUE); every model weight is frozen.  Because nothing
+below the intervention layer requires grad, autograd builds no graph there: the
+backward pass only runs through the blocks above ``layer``.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from heft import models
+from heft.artifacts import Artifact, ArtifactStore, stage_key
+from heft.config import ConfigError, ReftConfig
+from heft.evaluate import predict
+from heft.lineage import StageInputs
+from heft.loreft import Intervention, LoReFT
+from heft.training import EpochCallback, train
+
+HEAD_NAMES = ("classifier", "score")  # seq-cls heads in HF models
+
+
+
+def check_reft_config(cfg: ReftConfig, depth: int, hidden_size: int) -> None:
+    """Reject a layer or rank the model cannot take, before any weights are loaded."""
+    if not 0 <= cfg.layer < depth:
+        raise ConfigError(f"reft.layer={cfg.layer}: the model has {depth} blocks, so it must be in [0, {depth - 1}]")
+    if not 1 <= cfg.rank <= hidden_size:
+        raise ConfigError(f"reft.rank={cfg.rank}: must be in [1, hidden size {hidden_size}]")
+
+
+def head_parameters(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES}
+
+
+def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
+             on_epoch: EpochCallback | None = None) -> Artifact:
+    if parent.stage not in ("merge", "base"):
+        raise ValueError(f"reft trains on a merged or base model, got a {parent.stage!r} artifact")
+    key = stage_key("reft", cfg, parent.key)
+    if (found := store.find("reft", key)) is not None:
+        return found
+    inputs = StageInputs.of(parent, store)
+    check_reft_config(cfg, inputs.depth, inputs.hidden_size)
+    tok = inputs.tokenizer()
+    train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
+    model = inputs.load_weights(cfg.seed)
+    model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout, dtype=models.DTYPES[inputs.model_cfg.dtype])
+    intervention = Intervention(loreft, cfg.layer, cfg.positions)
+    groups = [{"params": list(loreft.parameters())}]
+    head = head_parameters(model) if inputs.family == "seq-cls" and cfg.train_head else {}
+    for p in head.values():
+        p.requires_grad_(True)
+    if head:
+        groups.append({"params": list(head.values())})
+    kwargs = dict(family=inputs.family, pooling=inputs.model_cfg.pooling,
+                  answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id)
+    history = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
+                    intervention=intervention, on_epoch=on_epoch, **kwargs)
+    loreft.eval()
+    metrics = {"trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "rotation_orthonormality_error": loreft.orthonormality_error()}
+    if len(valid_enc):  # how much the trained intervention moves the scores (0 = a dead intervention)
+        _, with_iv = predict(model, valid_enc, 64, intervention=intervention, return_scores=True,
+                             desc="reft effect", **kwargs)
+        _, without = predict(model, valid_enc, 64, return_scores=True, desc="reft effect", **kwargs)
+        metrics["intervention_mean_abs_score_change"] = float((with_iv - without).abs().mean())
+    if history:
+        metrics.update({f"final_{k}": v for k, v in history[-1].items()})
+    with store.build("reft", key) as tmp:
+        intervention.save(tmp)
+        if head:
+            save_file({n: p.detach().contiguous() for n, p in head.items()}, str(tmp / "head.safetensors"))
+        (tmp / "history.json").write_text(json.dumps(history, indent=2))
+        return store.publish(tmp, "reft", key, cfg, parent, metrics, lineage={})

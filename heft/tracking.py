@@ -1,0 +1,122 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+Everything goes through an explicit ``MlflowClient`` and run ids (no "active run"
+globals), so stages may log from worker threads or processes.  A stage run carries:
+params = its config (the same dataclass that made its cache key), metrics = per-epoch
+curves (step = epoch) and final figures, tags = artifact key, location, and whether
+the stage was reused from the cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heft.artifacts import Artifact
+from heft.config import flat_params
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Get or create the experiment.  A new one gets an explicit artifact location next to a
+    local sqlite store (otherwise MLflow puts artifacts in ./mlruns of whichever folder
+    created the database)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if artifact_location is None and uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        artifact_location = (db.parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Serializable handle (uri + ids) that a task can receive and log through."""
+    uri: str
+    experiment_id: str
+    run_id: str = ""
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, params: dict[str, Any],
+              parent: "Tracker | None" = None, tags: dict[str, str] | None = None) -> "Tracker":
+        exp = parent.experiment_id if parent else experiment_id(uri, experiment)
+        client = _client(uri)
+        all_tags = dict(tags or {})
+        if parent:
+            all_tags[PARENT_TAG] = parent.run_id
+        run = client.create_run(exp, run_name=run_name, tags=all_tags)
+        tracker = cls(uri, exp, run.info.run_id)
+        tracker.log_params(params)
+        return tracker
+
+    def child(self, name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> "Tracker":
+        return Tracker.start(self.uri, "", name, params, parent=self, tags=tags)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        if params:
+            _client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if items:
+            _client(self.uri).log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        client = _client(self.uri)
+        for k, v in tags.items():
+            client.set_tag(self.run_id, k, str(v))
+
+    def epoch_logger(self, prefix: str = ""):
+        """Callback for heft.training.train: logs each epoch's metrics with step=epoch."""
+        return lambda epoch, metrics: self.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
+
+    def record_artifact(self, art: Artifact, reused: bool, log_files: bool = True,
+                        local_dir: Path | None = None) -> None:
+        """Tags, final metrics and (small) files of a finished stage artifact."""
+        self.set_tags({"heft.stage": art.stage, "heft.key": art.key, "heft.parent_key": art.parent_key,
+                       "heft.uri": art.uri or art.meta["lineage"].get("weights", ""),
+                       "heft.cached": str(reused).lower()})
+        self.log_metrics(art.metrics)
+        if reused:  # a reused stage did not train now: replay its curves so runs compare alike
+            history = (local_dir / "history.json") if local_dir else None
+            if history and history.exists():
+                for epoch, metrics in enumerate(json.loads(history.read_text()), start=1):
+                    self.log_metrics(metrics, step=epoch)
+        if log_files and local_dir and local_dir.exists():
+            client = _client(self.uri)
+            for path in sorted(local_dir.iterdir()):
+                # adapter, intervention, metadata and predictions; not merged model weights
+                if path.is_file() and path.stat().st_size < 50 * 2**20:
+                    client.log_artifact(self.run_id, str(path), artifact_path="heft")
+                elif path.is_dir() and path.name == "adapter":
+                    client.log_artifacts(self.run_id, str(path), artifact_path="heft/adapter")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _client(self.uri).set_terminated(self.run_id, status=status)
+
+
+def run_params(cfg) -> dict[str, Any]:
+    return flat_params(cfg)
+
+
+def stage_params(stage: str, cfg) -> dict[str, Any]:
+    return flat_params(cfg, prefix=f"{stage}.") if hasattr(cfg, "__dataclass_fields__") else {}
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,84 @@
+"""One training loop for both stages, readable top to bottom.
+
+What differs between LoRA and ReFT is only *which* parameters require grad and
+whether an intervention hook is attached; the loss, schedule and bookkeeping are shared.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from heft import models
+from heft.batching import Encoded, collate, train_batches
+from heft.config import TrainConfig
+from heft.evaluate import predict
+from heft.loreft import Intervention
+
+EpochCallback = Callable[[int, dict], None]
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return factor
+
+
+def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg: TrainConfig, *,
+          family: str, pooling: str, answer_ids, pad_id: int, desc: str,
+          intervention: Intervention | None = None, on_epoch: EpochCallback | None = None) -> list[dict]:
+    """Train the parameters in ``groups`` for cfg.epochs; return one metrics dict per epoch."""
+    torch.manual_seed(cfg.seed)
+    # weight_decay=0: the LoReFT rotation must not be decayed (see heft/loreft.py), and
+    # LoRA adapters are tiny and start at B=0, where decay only fights the update.
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.epochs * steps_per_epoch))
+    params = [p for g in groups for p in g["params"]]
+    layers = models.transformer_layers(model) if intervention else None
+    history = []
+    with intervention.attached(layers) if intervention else nullcontext():
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            start, total_loss, seen = time.perf_counter(), 0.0, 0
+            bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
+                       desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+            for step, idx in enumerate(bar):
+                batch = collate(train_enc, idx, pad_id)
+                if intervention:
+                    intervention.set_batch(batch["attention_mask"])
+                scores, vocab_logits = models.class_scores(model, batch, family, pooling, answer_ids)
+                loss = models.loss_fn(scores, vocab_logits, batch["labels"], answer_ids)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch} step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(idx)
+                seen += len(idx)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            seconds = time.perf_counter() - start
+            metrics = {"train_loss": total_loss / seen, "epoch_seconds": seconds,
+                       "train_examples_per_second": seen / seconds}
+            if len(valid_enc):
+                preds = predict(model, valid_enc, 64, family=family, pooling=pooling,
+                                answer_ids=answer_ids, pad_id=pad_id, intervention=intervention,
+                                desc=f"{desc} valid")
+                metrics["valid_accuracy"] = (preds == torch.tensor(valid_enc.labels)).float().mean().item()
+            history.append(metrics)
+            if on_epoch:
+                on_epoch(epoch, metrics)
+    model.eval()
+    return history

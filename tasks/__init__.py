@@ -1,0 +1,1 @@
+"""Thin Prefect wrappers around heft's stage functions: cache keys, retries, logging."""
