@@ -33,7 +33,8 @@ def _require(ok: bool, where: str, value: Any, why: str) -> None:
 def parse_positions(spec: str) -> tuple[int, int]:
     """'f1+l1' -> (first_n=1, last_n=1); 'l1' -> (0, 1); 'f2' -> (2, 0) (pyreft syntax)."""
     m = POSITIONS_RE.match(spec or "")
-    if not m or not (m.group(2) or m.group(5)) or (m.group(3) and not (m.group(2) and m.group(5))):
+    both = bool(m and m.group(2) and m.group(5))
+    if not m or not (m.group(2) or m.group(5)) or bool(m.group(3)) != both:
         raise ConfigError(f"reft.positions={spec!r}: expected 'f<n>', 'l<n>' or 'f<n>+l<n>' (e.g. 'f1+l1')")
     first, last = int(m.group(2) or 0), int(m.group(5) or 0)
     if first + last == 0:

@@ -67,18 +67,28 @@ class LoReFT(nn.Module):
 
     # -- persistence: pyreft's tensor names, safetensors, plus a small JSON config ------------
     def pyreft_state(self) -> dict[str, torch.Tensor]:
+        """pyreft's three tensors, plus the raw parametrisation (pyreft ignores extra keys).
+
+        R is *computed* from the parametrisation (base @ householder(original)); rebuilding it
+        from R alone via right_inverse differs in the last bits, so we also keep the raw
+        tensors and reload them as they were: bit-identical outputs after a reload."""
+        param = self.rotate_layer.parametrizations.weight
         return {"weight": self.learned_source.weight.detach().contiguous(),
                 "bias": self.learned_source.bias.detach().contiguous(),
-                "rotate_layer": self.R.detach().contiguous()}
+                "rotate_layer": self.R.detach().contiguous(),
+                "parametrization.original": param.original.detach().contiguous(),
+                "parametrization.base": param[0].base.detach().contiguous()}
 
     def load_pyreft_state(self, state: dict[str, torch.Tensor]) -> None:
+        param = self.rotate_layer.parametrizations.weight
         with torch.no_grad():
             self.learned_source.weight.copy_(state["weight"])
             self.learned_source.bias.copy_(state["bias"])
-            # Assigning to a parametrised weight calls right_inverse: with the default
-            # trivialisation it stores R as the new base and resets the free tensor so that
-            # weight == base @ I, i.e. the saved R comes back bit for bit (tested).
-            self.rotate_layer.weight = state["rotate_layer"].to(self.R.dtype)
+            if "parametrization.original" in state:
+                param.original.copy_(state["parametrization.original"])
+                param[0].base.copy_(state["parametrization.base"])
+            else:  # a pyreft file: R only; right_inverse makes weight == R up to rounding
+                self.rotate_layer.weight = state["rotate_layer"].to(self.R.dtype)
 
 
 class Intervention:

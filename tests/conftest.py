@@ -1,0 +1,53 @@
+"""Shared fixtures: paths to ../shared (tests skip with a reason when it is absent),
+a synthetic learnable BoolQ-like file, and isolated Prefect/MLflow/artifact roots."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HEFT_SHARED", ROOT.parent / "shared"))
+BOOLQ = SHARED / "data" / "boolq"
+STORIES = SHARED / "models" / "stories260K"
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"offline material {path} is absent (it lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def boolq_validation() -> Path:
+    return need_shared(BOOLQ / "validation.jsonl")
+
+
+@pytest.fixture(scope="session")
+def stories() -> Path:
+    return need_shared(STORIES)
+
+
+@pytest.fixture(scope="session")
+def keyword_data(tmp_path_factory) -> Path:
+    """A BoolQ-shaped file whose label is decided by one word in the question: any working
+    trainer gets near 100%, a broken one stays near the 50% majority rate."""
+    rng = random.Random(0)
+    subjects = ["the cat", "a dog", "the king", "my friend", "the river", "a bird", "the sun", "her mom"]
+    rows = []
+    for i in range(600):
+        label = i % 2 == 0
+        word = "happy" if label else "sad"
+        rows.append({"question": f"is {rng.choice(subjects)} {word} today", "passage": "A short story.",
+                     "label": label})
+    rng.shuffle(rows)
+    path = tmp_path_factory.mktemp("keyword") / "keyword.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

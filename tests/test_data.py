@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from heft.artifacts import ArtifactStore
+from heft.config import DataConfig
+from heft.data import DataError, data_key, read_split, run_data, split_rows
+
+
+def test_resplit_of_shared_validation_is_recorded_and_deterministic(boolq_validation, tmp_path):
+    cfg = DataConfig(source=str(boolq_validation), holdout_size=1000, valid_size=400)
+    rows, record = split_rows(cfg)
+    assert record["resplit"] is True
+    assert [len(rows[s]) for s in ("train", "valid", "eval")] == [1870, 400, 1000]
+    again, _ = split_rows(cfg)
+    assert again["eval"] == rows["eval"]
+    questions = lambda s: {r["question"] for r in rows[s]}
+    assert not questions("train") & questions("eval") and not questions("valid") & questions("eval")
+    other, _ = split_rows(DataConfig(source=str(boolq_validation), split_seed=1))
+    assert other["eval"] != rows["eval"]
+
+    store = ArtifactStore(str(tmp_path / "art"))
+    art = run_data(cfg, store)
+    assert art.metrics["n_eval"] == 1000 and 0.55 < art.metrics["majority_eval"] < 0.7
+    assert read_split(store, art, "eval") == rows["eval"]
+    assert run_data(cfg, store).meta["created"] == art.meta["created"]  # reused, not rebuilt
+
+
+def test_question_format_from_two_files(boolq_validation):
+    train = boolq_validation.parent / "train_no_passage.jsonl"
+    cfg = DataConfig(source=str(train), eval_source=str(boolq_validation), format="question",
+                     valid_size=100, max_eval=50)
+    rows, record = split_rows(cfg)
+    assert record["resplit"] is False
+    assert len(rows["train"]) == 9427 - 100 and len(rows["eval"]) == 50
+
+
+def test_passage_format_refuses_question_only_rows(boolq_validation):
+    train = boolq_validation.parent / "train_no_passage.jsonl"
+    with pytest.raises(DataError, match=r"train_no_passage.jsonl: row 0: field 'passage'"):
+        split_rows(DataConfig(source=str(train), eval_source=str(boolq_validation)))
+
+
+def test_folder_source_picks_train_and_validation(boolq_validation):
+    rows, record = split_rows(DataConfig(source=str(boolq_validation.parent), format="question", valid_size=10))
+    assert record["sources"]["train"].endswith("train_no_passage.jsonl")
+    assert record["sources"]["eval"].endswith("validation.jsonl")
+
+
+@pytest.mark.parametrize("row,needle", [
+    ({"passage": "p", "label": True}, "row 1: missing field 'question'"),
+    ({"question": "q", "passage": "p", "label": "yes"}, "row 1: field 'label' must be a boolean"),
+    ({"question": "", "passage": "p", "label": True}, "row 1: field 'question'"),
+    ({"question": "q", "passage": None, "label": True}, "row 1: field 'passage'"),
+])
+def test_bad_rows_named(tmp_path, row, needle):
+    path = tmp_path / "bad.jsonl"
+    good = {"question": "q", "passage": "p", "label": False}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(DataError, match=needle):
+        split_rows(DataConfig(source=str(path), holdout_size=1, valid_size=1))
+
+
+def test_missing_source_and_edited_file_changes_key(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data_key(DataConfig(source=str(tmp_path / "nope.jsonl")))
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "q", "passage": "p", "label": True}) + "\n")
+    before = data_key(DataConfig(source=str(path)))
+    path.write_text(json.dumps({"question": "q", "passage": "p", "label": False}) + "\n")
+    assert data_key(DataConfig(source=str(path))) != before
+
+
+def test_fsspec_url_source(boolq_validation):
+    import fsspec
+    with fsspec.open("memory://boolq/validation.jsonl", "wb") as f:
+        f.write(boolq_validation.read_bytes())
+    rows, _ = split_rows(DataConfig(source="memory://boolq/validation.jsonl"))
+    assert len(rows["eval"]) == 1000

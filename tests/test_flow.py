@@ -1,0 +1,90 @@
+"""The Prefect flow: cached task states on rerun, partial reruns, MLflow nesting, errors before work."""
+import dataclasses
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cli import main as cli
+from flows.heft_flow import heft
+from heft.config import ConfigError, DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def cfg(stories, keyword_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flow")
+    return RunConfig(model=ModelConfig(name=str(stories), max_length=64),
+                     data=DataConfig(source=str(keyword_data), holdout_size=60, valid_size=40, max_train=120),
+                     lora=LoraConfig(epochs=2, lr=3e-3), reft=ReftConfig(epochs=2, lr=1e-2, layer=3),
+                     artifact_root=str(tmp / "art"), tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+
+
+def states(result):
+    return {(s["stage"], i): (s["state"], s["cache"]) for i, s in enumerate(result["stages"])}
+
+
+@pytest.fixture(scope="module")
+def runs(harness, cfg):
+    first = heft(cfg)
+    second = heft(cfg)
+    moved = heft(dataclasses.replace(cfg, reft=dataclasses.replace(cfg.reft, layer=2)))
+    return first, second, moved
+
+
+def test_first_run_trains_every_stage(runs):
+    first, _, _ = runs
+    assert [s["stage"] for s in first["stages"]] == ["data", "base", "lora", "merge", "evaluate", "evaluate",
+                                                    "reft", "evaluate"]
+    assert all(s["state"] == "Completed" for s in first["stages"] if s["stage"] != "base")
+    assert set(first["results"]) == {"lora", "merged", "heft"}
+
+
+def test_rerun_is_fully_cached_with_same_results(runs):
+    first, second, _ = runs
+    assert all(s["state"] == "Cached" and s["cache"] == "reused" for s in second["stages"])
+    assert second["results"] == first["results"]
+
+
+def test_reft_layer_change_reruns_only_reft_and_its_evaluation(runs):
+    _, _, moved = runs
+    by_stage = [(s["stage"], s["state"]) for s in moved["stages"]]
+    assert by_stage == [("data", "Cached"), ("base", "Cached"), ("lora", "Cached"), ("merge", "Cached"),
+                        ("evaluate", "Cached"), ("evaluate", "Cached"), ("reft", "Completed"),
+                        ("evaluate", "Completed")]
+
+
+def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
+    from mlflow import MlflowClient
+    first, second, _ = runs
+    client = MlflowClient(cfg.tracking_uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.data.params["lora.rank"] == "8" and parent.data.params["reft.layer"] == "3"
+    assert parent.data.metrics["heft_accuracy"] == first["results"]["heft"]["accuracy"]
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
+    assert sorted(r.info.run_name for r in children) == sorted(
+        ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merge", "reft", "evaluate:reft"])
+    lora = next(r for r in children if r.info.run_name == "lora")
+    assert lora.data.tags["heft.cached"] == "false" and lora.data.params["lora.alpha"] == "32"
+    curve = client.get_metric_history(lora.info.run_id, "train_loss")
+    assert [m.step for m in curve] == [1, 2]
+    cached = client.search_runs([exp], f"tags.mlflow.parentRunId = '{second['mlflow_run_id']}'")
+    assert {r.data.tags["heft.cached"] for r in cached} == {"true"}
+    assert parent.info.artifact_uri.startswith("file://") and "mlartifacts" in parent.info.artifact_uri
+
+
+def test_bad_layer_fails_before_any_work(harness, cfg, tmp_path):
+    bad = dataclasses.replace(cfg, reft=dataclasses.replace(cfg.reft, layer=9), artifact_root=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"reft.layer=9: the model has 5 blocks"):
+        heft(bad)
+    assert not (tmp_path / "a" / "data").exists()
+
+
+def test_cli_rejects_unknown_override(capsys):
+    assert cli(["config", "--preset", "deployments/stories-boolq.yaml", "reft.layr=3"]) == 2
+    assert "unknown option 'reft.layr'" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""The library chain on real small models, without Prefect: learning, merge equivalence,
+intervention applied at evaluation, and which stages a config change reruns."""
+import json
+
+import pytest
+import torch
+
+from heft.artifacts import ArtifactStore
+from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
+from heft.pipeline import run_pipeline
+
+
+def keyword_run(stories, keyword_data, root, **kw):
+    base = dict(model=ModelConfig(name=str(stories), max_length=64),
+                data=DataConfig(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240),
+                lora=LoraConfig(epochs=3, lr=3e-3, batch_size=16),
+                reft=ReftConfig(epochs=3, lr=1e-2, layer=3, batch_size=16),
+                artifact_root=str(root))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def heft_run(stories, keyword_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("art")
+    cfg = keyword_run(stories, keyword_data, root)
+    return cfg, run_pipeline(cfg)
+
+
+def test_heft_learns_keyword_task(heft_run):
+    _, out = heft_run
+    majority = out["eval:heft"].metrics["majority_rate"]
+    assert 0.4 < majority < 0.65
+    assert out["eval:lora"].metrics["accuracy"] > 0.85
+    assert out["eval:heft"].metrics["accuracy"] > 0.85
+    assert out["lora"].metrics["final_valid_accuracy"] > 0.8
+
+
+def test_merge_matches_adapter(heft_run):
+    _, out = heft_run
+    assert out["merge"].metrics["merge_max_abs_diff"] < 1e-4
+    assert out["eval:merged"].metrics["accuracy"] == out["eval:lora"].metrics["accuracy"]
+
+
+def test_intervention_is_trained_orthonormal_and_applied_in_eval(heft_run):
+    cfg, out = heft_run
+    m = out["reft"].metrics
+    assert m["rotation_orthonormality_error"] < 1e-4
+    assert m["intervention_mean_abs_score_change"] > 1e-3
+    store = ArtifactStore(cfg.artifact_root)
+    read = lambda name: [json.loads(line) for line in open(store.local_path(out[name]) / "predictions.jsonl")]
+    merged, heft = read("eval:merged"), read("eval:heft")
+    assert len(merged) == len(heft) == 100
+    assert max(abs(a["score_true"] - b["score_true"]) for a, b in zip(merged, heft)) > 1e-3
+
+
+def test_rerun_reuses_and_layer_change_reruns_only_reft(heft_run):
+    cfg, out = heft_run
+    again = run_pipeline(cfg)
+    assert all(again[k].meta.get("created") == out[k].meta.get("created") for k in out)
+    import dataclasses
+    moved = run_pipeline(dataclasses.replace(cfg, reft=dataclasses.replace(cfg.reft, layer=2)))
+    for name in ("data", "lora", "merge", "eval:lora", "eval:merged"):
+        assert moved[name].key == out[name].key
+    assert moved["reft"].key != out["reft"].key and moved["eval:heft"].key != out["eval:heft"].key
+    assert moved["reft"].meta["config"]["layer"] == 2
+
+
+def test_reft_only_learns_too(stories, keyword_data, tmp_path):
+    cfg = keyword_run(stories, keyword_data, tmp_path, mode="reft-only")
+    out = run_pipeline(cfg)
+    assert set(out) == {"data", "base", "reft", "eval:reft"}
+    assert out["reft"].parent_key == out["base"].key
+    assert out["eval:reft"].metrics["accuracy"] > 0.8
+
+
+def test_boolq_passage_causal_path_end_to_end(stories, boolq_validation, tmp_path):
+    cfg = RunConfig(model=ModelConfig(name=str(stories), max_length=96),
+                    data=DataConfig(source=str(boolq_validation), holdout_size=64, valid_size=32, max_train=64),
+                    lora=LoraConfig(epochs=1, lr=1e-3), reft=ReftConfig(epochs=1, lr=1e-3, layer=4),
+                    artifact_root=str(tmp_path))
+    out = run_pipeline(cfg)
+    metrics = out["eval:heft"].metrics
+    assert metrics["n"] == 64 and 0 <= metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"] <= 1
