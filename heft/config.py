@@ -90,6 +90,8 @@ class TrainConfig:
     """Fields shared by the two training stages."""
     epochs: int = field(default=3, metadata={"help": "passes over the training part (0 = skip training)"})
     lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    head_lr: float = field(default=0.0, metadata={
+        "help": "seq-cls only: learning rate of the new 2-label head (0 = same as lr)"})
     batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up share of all steps"})
     schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 or 'constant'"})
@@ -98,6 +100,7 @@ class TrainConfig:
     def _validate_train(self, stage: str):
         _require(self.epochs >= 0, f"{stage}.epochs", self.epochs, "must be >= 0")
         _require(0 < self.lr < 1, f"{stage}.lr", self.lr, "must be in (0, 1)")
+        _require(0 <= self.head_lr < 1, f"{stage}.head_lr", self.head_lr, "must be in [0, 1)")
         _require(self.batch_size >= 1, f"{stage}.batch_size", self.batch_size, "must be >= 1")
         _require(0 <= self.warmup_ratio < 1, f"{stage}.warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _require(self.schedule in ("linear", "constant"), f"{stage}.schedule", self.schedule,

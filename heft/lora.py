@@ -52,7 +52,11 @@ def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
         task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
     model = get_peft_model(model, peft_cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    history = train(model, [{"params": trainable}], train_enc, valid_enc, cfg,
+    head = [p for n, p in model.named_parameters() if p.requires_grad and ".modules_to_save." in n]
+    groups = [{"params": [p for p in trainable if all(p is not h for h in head)]}]
+    if head:  # the new classification head starts from random: it may want a larger step
+        groups.append({"params": head, "lr": cfg.head_lr or cfg.lr})
+    history = train(model, groups, train_enc, valid_enc, cfg,
                     family=inputs.family, pooling=inputs.model_cfg.pooling,
                     answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
                     desc="lora", on_epoch=on_epoch)

