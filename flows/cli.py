@@ -14,7 +14,8 @@ import yaml
 from heft.config import ConfigError
 from heft.presets import load_run_config, to_dict
 
-DEFAULT_PRESET = "deployments/minilm-boolq.yaml"
+DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # same as flows.heft_flow (no Prefect import here)
+
 
 
 def main(argv: list[str] | None = None) -> int:

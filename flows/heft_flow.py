@@ -5,21 +5,27 @@ Deployment ``heft/boolq`` points here (prefect.yaml).  Run locally with
 """
 from __future__ import annotations
 
-import dataclasses
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from heft.artifacts import ArtifactStore
 from heft.config import RunConfig, flat_params
+from heft.presets import load_run_config
 from heft.pipeline import key_of, run_pipeline, summary, validate
 from heft.tracking import Tracker, stage_params
 from tasks.stages import STAGE_TASKS
 
+DEFAULT_PRESET = "deployments/minilm-boolq.yaml"
+
 
 @flow(name="heft", log_prints=True)
-def heft(config: RunConfig = RunConfig()) -> dict:
-    """Run one HEFT pipeline; returns {evaluation name: metrics}."""
+def heft(config: RunConfig | None = None, preset: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one HEFT pipeline; returns {evaluation name: metrics}.
+
+    ``config`` is the typed run configuration; deployments may instead name a ``preset``
+    YAML from deployments/ plus dotted ``overrides`` (the same as the CLI)."""
+    if config is None:
+        config = load_run_config(preset or DEFAULT_PRESET, overrides or [])
     info = validate(config)  # bad model/layer/rank/data/root fail here, before any training
     print(f"validated: {config.model.name} ({info['family']}, {info['depth']} blocks), mode={config.mode}")
     store = ArtifactStore(config.artifact_root)
@@ -68,4 +74,4 @@ def heft(config: RunConfig = RunConfig()) -> dict:
 
 
 if __name__ == "__main__":
-    heft(dataclasses.replace(RunConfig()))
+    heft()

@@ -88,3 +88,14 @@ def test_bad_layer_fails_before_any_work(harness, cfg, tmp_path):
 def test_cli_rejects_unknown_override(capsys):
     assert cli(["config", "--preset", "deployments/stories-boolq.yaml", "reft.layr=3"]) == 2
     assert "unknown option 'reft.layr'" in capsys.readouterr().err
+
+
+def test_prefect_yaml_declares_boolq_deployment_of_flow_heft():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from heft.presets import load_run_config
+    spec = yaml.safe_load(open("prefect.yaml"))
+    boolq = next(d for d in spec["deployments"] if d["name"] == "boolq")
+    assert load_flow_from_entrypoint(boolq["entrypoint"]).name == "heft"
+    cfg = load_run_config(boolq["parameters"]["preset"])
+    assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2" and cfg.mode == "heft"
