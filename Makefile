@@ -25,12 +25,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
+	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/heft run --preset $(PRESET) $(ARGS)
 
 test: venv
+	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
 test-slow: venv
+	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m slow
 
 clean:

@@ -11,7 +11,6 @@ import hashlib
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 
 from heft.artifacts import Artifact, ArtifactStore
@@ -36,7 +35,6 @@ def _stage_task(stage: str, retries: int):
     run.__doc__ = f"Run heft's {stage} stage (or return its finished artifact)."
     return task(
         run, name=stage, retries=retries, retry_delay_seconds=[5, 30][:retries],
-        cache_policy=NONE,  # replaced by the explicit key below
         cache_key_fn=lambda ctx, p: cache_key(stage, p["cfg"], p["parent"], p["root"]),
         persist_result=True,
     )
