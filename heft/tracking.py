@@ -9,7 +9,7 @@ the stage was reused from the cache.
 from __future__ import annotations
 
 import json
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,6 @@ class Tracker:
             _client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
@@ -111,12 +110,5 @@ class Tracker:
         _client(self.uri).set_terminated(self.run_id, status=status)
 
 
-def run_params(cfg) -> dict[str, Any]:
-    return flat_params(cfg)
-
-
 def stage_params(stage: str, cfg) -> dict[str, Any]:
     return flat_params(cfg, prefix=f"{stage}.") if hasattr(cfg, "__dataclass_fields__") else {}
-
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
