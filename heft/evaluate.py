@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from heft import models
 from heft.artifacts import Artifact, ArtifactStore, stage_key
-from heft.batching import Encoded, collate, eval_batches
+from heft.batching import Encoded, collate, eval_batches, to_device
 from heft.config import EvalConfig
 from heft.lineage import StageInputs
 from heft.loreft import Intervention
@@ -30,13 +30,14 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
     model.eval()
     scores_out = torch.zeros(len(enc), 2)
     layers = models.transformer_layers(model) if intervention else None
+    dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False):
-            batch = collate(enc, idx, pad_id)
+            batch = to_device(collate(enc, idx, pad_id), dev)
             if intervention:
                 intervention.set_batch(batch["attention_mask"])
             scores, _ = models.class_scores(model, batch, family, pooling, answer_ids)
-            scores_out[batch["index"]] = scores.float().cpu()
+            scores_out[batch["index"].cpu()] = scores.float().cpu()
     model.train(was_training)
     preds = scores_out.argmax(1)
     return (preds, scores_out) if return_scores else preds
@@ -73,6 +74,7 @@ def load_for_eval(inputs: StageInputs, seed: int = 0):
         model = PeftModel.from_pretrained(model, str(folder / "adapter"))
     elif parent.stage == "reft":
         intervention = Intervention.load(folder, dtype=models.DTYPES[inputs.model_cfg.dtype])
+        intervention.loreft.to(models.device())
         head = folder / "head.safetensors"
         if head.exists():  # seq-cls: the head trained alongside the intervention
             from safetensors.torch import load_file

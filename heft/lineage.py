@@ -65,7 +65,7 @@ class StageInputs:
         """Plain HF model from the parent's weights.  Seeded: a new seq-cls head is random."""
         torch.manual_seed(seed)
         return models.load_model(self.resolve(self.parent.lineage("weights")), self.family,
-                                 self.model_cfg.dtype)
+                                 self.model_cfg.dtype).to(models.device())
 
     def rows(self, split: str) -> list[dict]:
         data = self.store.find("data", self.parent.lineage("data_key"))

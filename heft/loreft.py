@@ -62,7 +62,7 @@ class LoReFT(nn.Module):
         return self.dropout((h + delta).to(h.dtype))
 
     def orthonormality_error(self) -> float:
-        R = self.R.detach().float()
+        R = self.R.detach().float().cpu()
         return (R.T @ R - torch.eye(self.rank)).abs().max().item()
 
     # -- persistence: pyreft's tensor names, safetensors, plus a small JSON config ------------

@@ -11,7 +11,7 @@ import torch
 
 from heft import models
 from heft.artifacts import Artifact, ArtifactStore, stage_key
-from heft.batching import collate, eval_batches
+from heft.batching import collate, eval_batches, to_device
 from heft.config import MergeConfig
 from heft.evaluate import load_for_eval
 from heft.lineage import StageInputs, artifact_ref
@@ -31,7 +31,7 @@ def run_merge(cfg: MergeConfig, parent: Artifact, store: ArtifactStore) -> Artif
     enc = inputs.encoded("valid", tok)
     if not len(enc):
         enc = inputs.encoded("train", tok)
-    batch = collate(enc, eval_batches(enc, 16)[-1], tok.pad_token_id)  # the longest rows
+    batch = to_device(collate(enc, eval_batches(enc, 16)[-1], tok.pad_token_id), models.device())  # longest rows
     peft_model, _ = load_for_eval(inputs)
     score = lambda m: models.class_scores(m, batch, inputs.family, inputs.model_cfg.pooling,
                                           inputs.answer_ids(tok))[0]

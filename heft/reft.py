@@ -50,7 +50,8 @@ def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
     model = inputs.load_weights(cfg.seed)
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout, dtype=models.DTYPES[inputs.model_cfg.dtype])
+    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout,
+                    dtype=models.DTYPES[inputs.model_cfg.dtype]).to(models.device())
     intervention = Intervention(loreft, cfg.layer, cfg.positions)
     groups = [{"params": list(loreft.parameters())}]
     head = head_parameters(model) if inputs.family == "seq-cls" and cfg.train_head else {}

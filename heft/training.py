@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from heft import models
-from heft.batching import Encoded, collate, train_batches
+from heft.batching import Encoded, collate, to_device, train_batches
 from heft.config import TrainConfig
 from heft.evaluate import predict
 from heft.loreft import Intervention
@@ -47,6 +47,7 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
     params = [p for g in groups for p in g["params"]]
     layers = models.transformer_layers(model) if intervention else None
     history = []
+    dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for epoch in range(1, cfg.epochs + 1):
             model.train()
@@ -54,7 +55,7 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
             bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
                        desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
             for step, idx in enumerate(bar):
-                batch = collate(train_enc, idx, pad_id)
+                batch = to_device(collate(train_enc, idx, pad_id), dev)
                 if intervention:
                     intervention.set_batch(batch["attention_mask"])
                 scores, vocab_logits = models.class_scores(model, batch, family, pooling, answer_ids)

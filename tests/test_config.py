@@ -64,3 +64,10 @@ def test_malformed_preset(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_run_config(bad)
+
+
+@pytest.mark.parametrize("preset", ["deployments/minilm-boolq.yaml", "deployments/stories-boolq.yaml",
+                                    "deployments/llama2-7b-boolq.yaml"])
+def test_presets_load(preset):
+    cfg = load_run_config(preset)
+    assert cfg.lora.rank == 8 and cfg.lora.alpha == 32 and cfg.reft.rank == 4
