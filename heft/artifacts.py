@@ -84,7 +84,9 @@ class ArtifactStore:
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
         if self.local:
             self.base = os.path.abspath(self.base)
-        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "heft-cache")
+        # local copies of remote artifacts (keys are content hashes, so sharing is safe)
+        self.cache_dir = cache_dir or os.environ.get("HEFT_CACHE_DIR") or os.path.join(
+            tempfile.gettempdir(), "heft-cache")
 
     def uri(self, stage: str, key: str) -> str:
         path = f"{self.base}/{stage}/{key}"

@@ -82,3 +82,19 @@ def test_boolq_passage_causal_path_end_to_end(stories, boolq_validation, tmp_pat
     out = run_pipeline(cfg)
     metrics = out["eval:heft"].metrics
     assert metrics["n"] == 64 and 0 <= metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"] <= 1
+
+
+def test_minilm_seq_cls_path_small(boolq_validation, tmp_path):
+    """The encoder family (offline MiniLM, mean pooling, trained head) through every stage."""
+    from heft.presets import load_run_config
+    cfg = load_run_config("deployments/minilm-boolq.yaml", [
+        f"artifact_root={tmp_path}", "data.max_train=32", "data.valid_size=16", "data.max_eval=32",
+        "lora.epochs=1", "model.max_length=64"])
+    out = run_pipeline(cfg)
+    assert out["base"].lineage("family") == "seq-cls" and out["base"].lineage("depth") == 6
+    assert out["merge"].metrics["merge_max_abs_diff"] < 1e-4
+    store = ArtifactStore(cfg.artifact_root)
+    assert (store.local_path(out["reft"]) / "head.safetensors").exists()
+    assert out["reft"].metrics["rotation_orthonormality_error"] < 1e-4
+    assert out["eval:merged"].metrics["accuracy"] == out["eval:lora"].metrics["accuracy"]
+    assert out["eval:heft"].metrics["n"] == 32
