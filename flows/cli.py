@@ -12,9 +12,7 @@ import sys
 import yaml
 
 from heft.config import ConfigError
-from heft.presets import load_run_config, to_dict
-
-DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # same as flows.heft_flow (no Prefect import here)
+from heft.presets import DEFAULT_PRESET, load_run_config, to_dict
 
 
 

@@ -10,12 +10,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from heft.artifacts import ArtifactStore
 from heft.config import RunConfig, flat_params
-from heft.presets import load_run_config
+from heft.presets import DEFAULT_PRESET, load_run_config
 from heft.pipeline import key_of, run_pipeline, summary, validate
 from heft.tracking import Tracker, stage_params
 from tasks.stages import STAGE_TASKS
-
-DEFAULT_PRESET = "deployments/minilm-boolq.yaml"
 
 
 @flow(name="heft", log_prints=True)

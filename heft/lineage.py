@@ -19,7 +19,7 @@ from heft.config import ModelConfig
 from heft.data import read_split
 
 
-def base_artifact(model_cfg: ModelConfig, data: Artifact, store: ArtifactStore | None = None) -> Artifact:
+def base_artifact(model_cfg: ModelConfig, data: Artifact) -> Artifact:
     """Stage "base": a virtual artifact naming the pretrained weights (nothing is written)."""
     hf_config = models.auto_config(model_cfg.name)
     family = models.family_of(model_cfg, hf_config)

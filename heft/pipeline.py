@@ -23,7 +23,7 @@ from heft.reft import check_reft_config, run_reft
 
 STAGES: dict[str, Callable[..., Artifact]] = {
     "data": lambda cfg, parent, store, **kw: run_data(cfg, store),
-    "base": lambda cfg, parent, store, **kw: base_artifact(cfg, parent, store),
+    "base": lambda cfg, parent, store, **kw: base_artifact(cfg, parent),
     "lora": run_lora,
     "merge": lambda cfg, parent, store, **kw: run_merge(cfg, parent, store),
     "reft": run_reft,

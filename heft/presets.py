@@ -15,6 +15,8 @@ import yaml
 
 from heft.config import ConfigError, RunConfig
 
+DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # the embedded offline default
+
 
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
