@@ -15,7 +15,6 @@ from heft.config import ConfigError
 from heft.presets import DEFAULT_PRESET, load_run_config, to_dict
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -97,6 +97,11 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 or 'constant'"})
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
 
+    @property
+    def head_step(self) -> float:
+        """The learning rate the classification head trains with."""
+        return self.head_lr or self.lr
+
     def _validate_train(self, stage: str):
         _require(self.epochs >= 0, f"{stage}.epochs", self.epochs, "must be >= 0")
         _require(0 < self.lr < 1, f"{stage}.lr", self.lr, "must be in (0, 1)")

@@ -51,16 +51,16 @@ def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
         # SEQ_CLS also trains and saves the new classification head (modules_to_save)
         task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
     model = get_peft_model(model, peft_cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and ".modules_to_save." in n]
-    groups = [{"params": [p for p in trainable if all(p is not h for h in head)]}]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in named if ".modules_to_save." in n]  # peft's trainable copy of the head
+    groups = [{"params": [p for n, p in named if ".modules_to_save." not in n]}]
     if head:  # the new classification head starts from random: it may want a larger step
-        groups.append({"params": head, "lr": cfg.head_lr or cfg.lr})
+        groups.append({"params": head, "lr": cfg.head_step})
     history = train(model, groups, train_enc, valid_enc, cfg,
                     family=inputs.family, pooling=inputs.model_cfg.pooling,
                     answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
                     desc="lora", on_epoch=on_epoch)
-    metrics = {"trainable_params": sum(p.numel() for p in trainable)}
+    metrics = {"trainable_params": sum(p.numel() for _, p in named)}
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items()})
     with store.build("lora", key) as tmp:

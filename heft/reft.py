@@ -58,7 +58,7 @@ def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
     for p in head.values():
         p.requires_grad_(True)
     if head:
-        groups.append({"params": list(head.values()), "lr": cfg.head_lr or cfg.lr})
+        groups.append({"params": list(head.values()), "lr": cfg.head_step})
     kwargs = dict(family=inputs.family, pooling=inputs.model_cfg.pooling,
                   answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id)
     history = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
