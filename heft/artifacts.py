@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import fsspec
 
-FORMAT_VERSION = 1  # bump when the on-disk layout of any stage changes
+FORMAT_VERSION = 2  # bump when the on-disk layout of any stage changes
 META = "meta.json"
 
 

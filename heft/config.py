@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("heft", "lora-only", "reft-only")
+MODES = ("heft", "lora-only", "reft-only", "reft-lora", "base")
 FAMILIES = ("auto", "causal-lm", "seq-cls")
 FORMATS = ("passage", "question")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -88,13 +88,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Fields shared by the two training stages."""
-    epochs: int = field(default=3, metadata={"help": "passes over the training part (0 = skip training)"})
+    epochs: int = field(default=3, metadata={"help": "passes over the training part"})
     lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
     head_lr: float = field(default=0.0, metadata={
         "help": "seq-cls only: learning rate of the new 2-label head (0 = same as lr)"})
     batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up share of all steps"})
-    schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 or 'constant'"})
+    schedule: str = field(default="linear", metadata={
+        "help": "'linear' (warm-up over warmup_ratio of all steps, decay to 0) or 'constant' (warm-up "
+                "over warmup_ratio of the first epoch, then flat: longer runs continue shorter ones)"})
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
 
     @property
@@ -171,7 +173,9 @@ class RunConfig:
     merge: MergeConfig = field(default_factory=MergeConfig)
     reft: ReftConfig = field(default_factory=ReftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    mode: str = field(default="heft", metadata={"help": "heft (LoRA->merge->ReFT), lora-only or reft-only"})
+    mode: str = field(default="heft", metadata={
+        "help": "heft (LoRA->merge->ReFT), lora-only, reft-only, reft-lora (ReFT on the base, then "
+                "LoRA with the intervention frozen in place) or base (evaluate the untrained model)"})
     seed: int | None = field(default=None, metadata={"help": "if set, overrides lora.seed and reft.seed"})
     artifact_root: str = field(default=".heft/artifacts", metadata={
         "help": "folder or fsspec URL (s3://bucket/prefix) where stage artifacts are cached"})

@@ -64,22 +64,14 @@ def summarize(preds: torch.Tensor, labels: list[int]) -> dict:
 
 
 def load_for_eval(inputs: StageInputs, seed: int = 0):
-    """(model, intervention or None) for any artifact that ends a pipeline."""
+    """(model, intervention or None) for any artifact that ends a pipeline: weights, then the
+    ReFT head, then the LoRA adapter, then the intervention, as the lineage names them."""
     from peft import PeftModel
-    parent = inputs.parent
-    folder = inputs.store.local_path(parent) if parent.uri else None
-    model = inputs.load_weights(seed=parent.meta.get("config", {}).get("seed", seed))
-    intervention = None
-    if parent.stage == "lora":
-        model = PeftModel.from_pretrained(model, str(folder / "adapter"))
-    elif parent.stage == "reft":
-        intervention = Intervention.load(folder, dtype=models.DTYPES[inputs.model_cfg.dtype])
-        intervention.loreft.to(models.device())
-        head = folder / "head.safetensors"
-        if head.exists():  # seq-cls: the head trained alongside the intervention
-            from safetensors.torch import load_file
-            model.load_state_dict(load_file(str(head)), strict=False)
-    return model.eval(), intervention
+    model = inputs.load_weights(seed=inputs.parent.meta.get("config", {}).get("seed", seed))
+    inputs.load_head(model)
+    if (adapter := inputs.optional("adapter")):
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), inputs.intervention()
 
 
 def run_evaluate(cfg: EvalConfig, parent: Artifact, store: ArtifactStore) -> Artifact:

@@ -1,8 +1,14 @@
 """What a stage inherits from its parents: model config, data split, weights to load.
 
 The chain is data -> base -> lora -> merge -> reft -> evaluate (lora-only stops after
-merge, reft-only starts at base).  ``base`` is a virtual artifact (no files): its key
-hashes the model config and the data key, so every later key depends on both.
+merge, reft-only starts at base, reft-lora runs base -> reft -> lora).  ``base`` is a
+virtual artifact (no files): its key hashes the model config and the data key, so every
+later key depends on both.
+
+The model a stage sees is assembled from lineage entries, in this order:
+``weights`` (base or merged folder) -> ``head`` (a seq-cls head trained by ReFT) ->
+``adapter`` (a LoRA adapter not yet merged) -> ``intervention`` (a LoReFT hook).
+Each stage sets or clears the entries it changes; the rest are inherited.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from heft.artifacts import Artifact, ArtifactStore, stage_key
 from heft.batching import Encoded, encode
 from heft.config import ModelConfig
 from heft.data import read_split
+from heft.loreft import Intervention
 
 
 def base_artifact(model_cfg: ModelConfig, data: Artifact) -> Artifact:
@@ -58,6 +65,11 @@ class StageInputs:
             return str(Path(self.store.local_path(found), *sub))
         return ref
 
+    def optional(self, name: str) -> str | None:
+        """A lineage entry resolved to a local path, or None when the chain has none."""
+        ref = self.parent.meta["lineage"].get(name)
+        return self.resolve(ref) if ref else None
+
     def tokenizer(self):
         return models.load_tokenizer(self.resolve(self.parent.lineage("tokenizer")), self.family)
 
@@ -66,6 +78,20 @@ class StageInputs:
         torch.manual_seed(seed)
         return models.load_model(self.resolve(self.parent.lineage("weights")), self.family,
                                  self.model_cfg.dtype).to(models.device())
+
+    def load_head(self, model) -> None:
+        """Put a seq-cls head trained by an earlier ReFT stage into ``model`` (if any)."""
+        if (path := self.optional("head")):
+            from safetensors.torch import load_file
+            model.load_state_dict(load_file(path), strict=False)
+
+    def intervention(self) -> Intervention | None:
+        """The chain's LoReFT intervention (eval mode), or None."""
+        if (folder := self.optional("intervention")) is None:
+            return None
+        iv = Intervention.load(Path(folder), dtype=models.DTYPES[self.model_cfg.dtype])
+        iv.loreft.to(models.device())
+        return iv
 
     def rows(self, split: str) -> list[dict]:
         data = self.store.find("data", self.parent.lineage("data_key"))

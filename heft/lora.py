@@ -1,11 +1,17 @@
-"""Stage 1: LoRA in weight space (peft), W' = W + (alpha/r) B A on the target modules."""
+"""Stage 1: LoRA in weight space (peft), W' = W + (alpha/r) B A on the target modules.
+
+Its parent is the base model (HEFT, LoRA-only) or, for the reverse order ReFT -> LoRA, a
+ReFT artifact trained on the base model: then that intervention stays attached, frozen,
+while the adapter trains (and a seq-cls head trained by ReFT is the head LoRA continues).
+"""
 from __future__ import annotations
 
 import json
 
 from heft.artifacts import Artifact, ArtifactStore, stage_key
+from heft.checkpoints import EpochCheckpoints
 from heft.config import ConfigError, LoraConfig
-from heft.lineage import StageInputs
+from heft.lineage import StageInputs, artifact_ref
 from heft.training import EpochCallback, train
 
 # Attention projections per architecture (the paper adapts q/k/v/o on Llama).
@@ -32,11 +38,13 @@ def target_modules(cfg: LoraConfig, model) -> list[str]:
     return targets
 
 
-
 def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
              on_epoch: EpochCallback | None = None) -> Artifact:
-    """Train a LoRA adapter on the parent's (base) weights; save it with save_pretrained."""
+    """Train a LoRA adapter on the parent's weights (base, or base + frozen ReFT); save it
+    with save_pretrained."""
     from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+    if parent.stage not in ("base", "reft") or parent.meta["lineage"].get("adapter"):
+        raise ValueError(f"lora trains on a base model or a ReFT artifact, got a {parent.stage!r} artifact")
     key = stage_key("lora", cfg, parent.key)
     if (found := store.find("lora", key)) is not None:
         return found
@@ -44,6 +52,10 @@ def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
     tok = inputs.tokenizer()
     train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
     model = inputs.load_weights(cfg.seed)
+    inputs.load_head(model)
+    frozen = inputs.intervention()  # ReFT -> LoRA: the ReFT stage's intervention, not trained
+    if frozen:
+        frozen.loreft.requires_grad_(False)
     causal = inputs.family == "causal-lm"
     peft_cfg = PeftLoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
@@ -56,14 +68,16 @@ def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
     groups = [{"params": [p for n, p in named if ".modules_to_save." not in n]}]
     if head:  # the new classification head starts from random: it may want a larger step
         groups.append({"params": head, "lr": cfg.head_step})
-    history = train(model, groups, train_enc, valid_enc, cfg,
-                    family=inputs.family, pooling=inputs.model_cfg.pooling,
-                    answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
-                    desc="lora", on_epoch=on_epoch)
-    metrics = {"trainable_params": sum(p.numel() for _, p in named)}
+    history, resumed = train(model, groups, train_enc, valid_enc, cfg,
+                             family=inputs.family, pooling=inputs.model_cfg.pooling,
+                             answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+                             desc="lora", on_epoch=on_epoch, intervention=frozen,
+                             checkpoints=EpochCheckpoints(store, "lora", cfg, parent), state=dict(named))
+    metrics = {"trainable_params": sum(p.numel() for _, p in named), "resumed_from_epoch": resumed}
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items()})
     with store.build("lora", key) as tmp:
         model.save_pretrained(str(tmp / "adapter"))
         (tmp / "history.json").write_text(json.dumps(history, indent=2))
-        return store.publish(tmp, "lora", key, cfg, parent, metrics, lineage={})
+        return store.publish(tmp, "lora", key, cfg, parent, metrics,
+                             lineage={"adapter": artifact_ref("lora", key) + "/adapter"})

@@ -48,4 +48,5 @@ def run_merge(cfg: MergeConfig, parent: Artifact, store: ArtifactStore) -> Artif
         tok.save_pretrained(str(tmp / "model"))
         ref = artifact_ref("merge", key)
         return store.publish(tmp, "merge", key, cfg, parent, {"merge_max_abs_diff": diff},
-                             lineage={"weights": ref + "/model", "tokenizer": ref + "/model"})
+                             lineage={"weights": ref + "/model", "tokenizer": ref + "/model",
+                                      "adapter": None, "head": None})  # both now in the weights

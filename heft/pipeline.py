@@ -30,6 +30,11 @@ STAGES: dict[str, Callable[..., Artifact]] = {
     "evaluate": lambda cfg, parent, store, **kw: run_evaluate(cfg, parent, store),
 }
 Call = Callable[[str, Any, "Artifact | None"], Artifact]
+# The evaluation that scores what each mode produces (the others are intermediate steps).
+FINAL_EVAL = {"heft": "heft", "lora-only": "merged", "reft-only": "reft", "reft-lora": "reft-lora",
+              "base": "base"}
+TRAINS = {"heft": ("lora", "reft"), "lora-only": ("lora",), "reft-only": ("reft",),
+          "reft-lora": ("reft", "lora"), "base": ()}
 
 
 def key_of(stage: str, cfg: Any, parent: Artifact | None) -> str:
@@ -41,7 +46,7 @@ def validate(cfg: RunConfig) -> dict:
     """Check everything that can be checked cheaply before any training starts."""
     hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
-    if cfg.mode != "lora-only":
+    if "reft" in TRAINS[cfg.mode]:
         check_reft_config(cfg.reft, depth, hidden)
     data_key(cfg.data)  # data source exists and is readable
     fs, base = fsspec.core.url_to_fs(cfg.artifact_root)
@@ -60,20 +65,31 @@ def direct_call(store: ArtifactStore) -> Call:
 
 
 def run_pipeline(cfg: RunConfig, call: Call | None = None) -> dict[str, Artifact]:
-    """Run the stages of cfg.mode; returns artifacts, the evaluations under 'eval:<what>'."""
+    """Run the stages of cfg.mode; returns artifacts, the evaluations under 'eval:<what>'.
+
+    heft:      base -> lora -> merge -> reft     (evaluates lora, merged, heft)
+    lora-only: base -> lora -> merge             (evaluates lora, merged)
+    reft-only: base -> reft                      (evaluates reft)
+    reft-lora: base -> reft -> lora, the intervention frozen while LoRA trains
+               (evaluates reft, reft-lora; its reft artifact is reft-only's)
+    base:      the untrained model               (evaluates base)"""
     call = call or direct_call(ArtifactStore(cfg.artifact_root))
     data = call("data", cfg.data, None)
     base = call("base", cfg.model, data)
     out = {"data": data, "base": base}
-    top = base
+    if cfg.mode == "base":
+        out["eval:base"] = call("evaluate", cfg.eval, base)
     if cfg.mode in ("heft", "lora-only"):
         out["lora"] = call("lora", cfg.lora, base)
-        out["merge"] = top = call("merge", cfg.merge, out["lora"])
+        out["merge"] = call("merge", cfg.merge, out["lora"])
         out["eval:lora"] = call("evaluate", cfg.eval, out["lora"])
         out["eval:merged"] = call("evaluate", cfg.eval, out["merge"])
-    if cfg.mode in ("heft", "reft-only"):
-        out["reft"] = call("reft", cfg.reft, top)
+    if cfg.mode in ("heft", "reft-only", "reft-lora"):
+        out["reft"] = call("reft", cfg.reft, out["merge"] if cfg.mode == "heft" else base)
         out["eval:" + ("heft" if cfg.mode == "heft" else "reft")] = call("evaluate", cfg.eval, out["reft"])
+    if cfg.mode == "reft-lora":
+        out["lora"] = call("lora", cfg.lora, out["reft"])
+        out["eval:reft-lora"] = call("evaluate", cfg.eval, out["lora"])
     return out
 
 
@@ -83,7 +99,7 @@ def summary(out: dict[str, Artifact]) -> str:
     for name, art in out.items():
         if name.startswith("eval:"):
             m = art.metrics
-            lines.append(f"{name[5:]:>7}: accuracy {m['accuracy']:.2%} "
+            lines.append(f"{name[5:]:>9}: accuracy {m['accuracy']:.2%} "
                          f"(95% CI {m['ci95_low']:.2%}-{m['ci95_high']:.2%}, n={m['n']}), "
                          f"held-out majority rate {m['majority_rate']:.2%}")
     return "\n".join(lines)

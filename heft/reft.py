@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 
 from heft import models
 from heft.artifacts import Artifact, ArtifactStore, stage_key
+from heft.checkpoints import EpochCheckpoints
 from heft.config import ConfigError, ReftConfig
 from heft.evaluate import predict
-from heft.lineage import StageInputs
+from heft.lineage import StageInputs, artifact_ref
 from heft.loreft import Intervention, LoReFT
 from heft.training import EpochCallback, train
 
@@ -38,8 +39,9 @@ def head_parameters(model) -> dict[str, torch.nn.Parameter]:
 
 def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
              on_epoch: EpochCallback | None = None) -> Artifact:
-    if parent.stage not in ("merge", "base"):
-        raise ValueError(f"reft trains on a merged or base model, got a {parent.stage!r} artifact")
+    if parent.stage not in ("merge", "base") or parent.meta["lineage"].get("intervention"):
+        raise ValueError(f"reft trains on a merged or base model without an intervention, "
+                         f"got a {parent.stage!r} artifact")
     key = stage_key("reft", cfg, parent.key)
     if (found := store.find("reft", key)) is not None:
         return found
@@ -61,10 +63,16 @@ def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
         groups.append({"params": list(head.values()), "lr": cfg.head_step})
     kwargs = dict(family=inputs.family, pooling=inputs.model_cfg.pooling,
                   answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id)
-    history = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
-                    intervention=intervention, on_epoch=on_epoch, **kwargs)
+    # checkpoint state: the intervention's parameters *and* buffers (the orthogonal map's
+    # base), plus the head; all live tensors, so restoring copies into them
+    state = {f"loreft.{n}": t for n, t in loreft.state_dict(keep_vars=True).items()}
+    state.update({f"head.{n}": p for n, p in head.items()})
+    history, resumed = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
+                             intervention=intervention, on_epoch=on_epoch,
+                             checkpoints=EpochCheckpoints(store, "reft", cfg, parent), state=state, **kwargs)
     loreft.eval()
     metrics = {"trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "resumed_from_epoch": resumed,
                "rotation_orthonormality_error": loreft.orthonormality_error()}
     if len(valid_enc):  # how much the trained intervention moves the scores (0 = a dead intervention)
         _, with_iv = predict(model, valid_enc, 64, intervention=intervention, return_scores=True,
@@ -78,4 +86,6 @@ def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
         if head:
             save_file({n: p.detach().contiguous() for n, p in head.items()}, str(tmp / "head.safetensors"))
         (tmp / "history.json").write_text(json.dumps(history, indent=2))
-        return store.publish(tmp, "reft", key, cfg, parent, metrics, lineage={})
+        ref = artifact_ref("reft", key)
+        return store.publish(tmp, "reft", key, cfg, parent, metrics, lineage={
+            "intervention": ref, "head": ref + "/head.safetensors" if head else None})

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from heft import models
 from heft.batching import Encoded, collate, to_device, train_batches
+from heft.checkpoints import EpochCheckpoints
 from heft.config import TrainConfig
 from heft.evaluate import predict
 from heft.loreft import Intervention
@@ -22,8 +23,13 @@ from heft.loreft import Intervention
 EpochCallback = Callable[[int, dict], None]
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup = int(cfg.warmup_ratio * total_steps)
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """LR factor of step s.  linear: warm-up over warmup_ratio of *all* steps, then linear
+    decay to 0 at the last step.  constant: warm-up over warmup_ratio of the *first epoch's*
+    steps, then flat, so the factor of step s never depends on cfg.epochs and a longer run
+    can continue from a shorter run's checkpoint (heft/checkpoints.py)."""
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_ratio * (steps_per_epoch if cfg.schedule == "constant" else total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -36,20 +42,33 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg: TrainConfig, *,
           family: str, pooling: str, answer_ids, pad_id: int, desc: str,
-          intervention: Intervention | None = None, on_epoch: EpochCallback | None = None) -> list[dict]:
-    """Train the parameters in ``groups`` for cfg.epochs; return one metrics dict per epoch."""
+          intervention: Intervention | None = None, on_epoch: EpochCallback | None = None,
+          checkpoints: EpochCheckpoints | None = None,
+          state: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], int]:
+    """Train the parameters in ``groups`` for cfg.epochs; return (one metrics dict per
+    epoch, the epoch training resumed after).
+
+    With ``checkpoints``, the live tensors in ``state`` (trainable parameters and their
+    buffers) plus optimizer, scheduler and RNG are saved after every epoch, and training
+    starts after the latest checkpoint of the same trajectory (the history of the restored
+    epochs is returned, and replayed to ``on_epoch``, as if they had just run)."""
     torch.manual_seed(cfg.seed)
     # weight_decay=0: the LoReFT rotation must not be decayed (see heft/loreft.py), and
     # LoRA adapters are tiny and start at B=0, where decay only fights the update.
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)  # groups may set their own lr
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     params = [p for g in groups for p in g["params"]]
     layers = models.transformer_layers(model) if intervention else None
-    history = []
+    history, resumed = [], 0
+    if checkpoints and (resumed := checkpoints.latest(cfg.epochs)):
+        history = checkpoints.restore(resumed, state, optimizer, scheduler)[:resumed]
+        for epoch, metrics in enumerate(history, start=1):  # complete curves in MLflow
+            if on_epoch:
+                on_epoch(epoch, metrics)
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
             start, total_loss, seen = time.perf_counter(), 0.0, 0
             bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
@@ -79,7 +98,9 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
                                 desc=f"{desc} valid")
                 metrics["valid_accuracy"] = (preds == torch.tensor(valid_enc.labels)).float().mean().item()
             history.append(metrics)
+            if checkpoints:
+                checkpoints.save(epoch, state, optimizer, scheduler, history)
             if on_epoch:
                 on_epoch(epoch, metrics)
     model.eval()
-    return history
+    return history, resumed

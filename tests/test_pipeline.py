@@ -66,12 +66,30 @@ def test_rerun_reuses_and_layer_change_reruns_only_reft(heft_run):
     assert moved["reft"].meta["config"]["layer"] == 2
 
 
-def test_reft_only_learns_too(stories, keyword_data, tmp_path):
+def test_reft_only_then_reverse_order_reft_lora(stories, keyword_data, tmp_path):
+    import dataclasses
     cfg = keyword_run(stories, keyword_data, tmp_path, mode="reft-only")
     out = run_pipeline(cfg)
     assert set(out) == {"data", "base", "reft", "eval:reft"}
     assert out["reft"].parent_key == out["base"].key
     assert out["eval:reft"].metrics["accuracy"] > 0.8
+    # ReFT -> LoRA: the same ReFT artifact, then LoRA trained with that intervention frozen in place
+    rev = run_pipeline(dataclasses.replace(cfg, mode="reft-lora"))
+    assert set(rev) == {"data", "base", "reft", "eval:reft", "lora", "eval:reft-lora"}
+    assert rev["reft"].meta["created"] == out["reft"].meta["created"]  # reused, not retrained
+    assert rev["lora"].parent_key == out["reft"].key
+    assert rev["lora"].lineage("intervention") == f"artifact:reft/{out['reft'].key}"
+    assert rev["eval:reft-lora"].metrics["accuracy"] > 0.85
+    store = ArtifactStore(cfg.artifact_root)
+    read = lambda name: [json.loads(line) for line in open(store.local_path(rev[name]) / "predictions.jsonl")]
+    assert max(abs(a["score_true"] - b["score_true"])
+               for a, b in zip(read("eval:reft"), read("eval:reft-lora"))) > 1e-3  # LoRA changed it
+
+
+def test_base_mode_evaluates_untrained_model(stories, keyword_data, tmp_path):
+    out = run_pipeline(keyword_run(stories, keyword_data, tmp_path, mode="base"))
+    assert set(out) == {"data", "base", "eval:base"}
+    assert out["eval:base"].metrics["accuracy"] < 0.7  # an untrained model does not know the keyword
 
 
 def test_boolq_passage_causal_path_end_to_end(stories, boolq_validation, tmp_path):
@@ -98,3 +116,8 @@ def test_minilm_seq_cls_path_small(boolq_validation, tmp_path):
     assert out["reft"].metrics["rotation_orthonormality_error"] < 1e-4
     assert out["eval:merged"].metrics["accuracy"] == out["eval:lora"].metrics["accuracy"]
     assert out["eval:heft"].metrics["n"] == 32
+    # reverse order on an encoder: LoRA continues the head ReFT trained, with R frozen in place
+    import dataclasses
+    rev = run_pipeline(dataclasses.replace(cfg, mode="reft-lora"))
+    assert rev["lora"].lineage("head").endswith("/head.safetensors")
+    assert rev["eval:reft-lora"].metrics["n"] == 32
