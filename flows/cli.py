@@ -1,7 +1,11 @@
-"""``heft`` command line: run the flow from a preset with dotted overrides.
+"""``heft`` command line: run the flow from a preset with dotted overrides, or a grid.
 
     heft run --preset deployments/minilm-boolq.yaml reft.layer=4 lora.epochs=2
     heft config --preset deployments/stories-boolq.yaml      # print the resolved config
+    heft grid --grid deployments/grids/reft-layers.yaml      # a grid (flow heft-grid)
+    heft grid --grid deployments/grids/paper.yaml preset=deployments/stories-boolq.yaml \
+        epoch_scale=0.1 seeds=[0,1,2] data.max_train=200     # grid fields, then run overrides
+    heft grid --grid deployments/grids/ablation.yaml --list  # print the cells, run nothing
 """
 from __future__ import annotations
 
@@ -23,7 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--preset", default=DEFAULT_PRESET, help=f"YAML preset (default {DEFAULT_PRESET})")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. reft.layer=4")
+    g = sub.add_parser("grid", help="run a grid of pipelines (flow heft-grid)")
+    g.add_argument("--grid", default="deployments/grids/reft-layers.yaml", help="grid YAML")
+    g.add_argument("--list", action="store_true", help="print the resolved cells and exit")
+    g.add_argument("overrides", nargs="*", help="grid fields (seeds=[0,1], epoch_scale=0.1, preset=...) "
+                                               "or run-config overrides (reft.rank=8)")
     args = parser.parse_args(argv)
+    if args.command == "grid":
+        return grid_command(args)
     try:
         cfg = load_run_config(args.preset, args.overrides)
     except ConfigError as e:
@@ -39,6 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result["results"], indent=2))
+    return 0
+
+
+def grid_command(args) -> int:
+    from heft.grid import expand, load_grid
+    try:
+        spec = load_grid(args.grid, args.overrides)
+        cells = expand(spec)
+        if args.list:
+            for c in cells:
+                print(f"{c.run_name:<40} {c.method:<10} epochs={c.epochs} {c.settings}")
+            return 0
+        from flows.grid_flow import heft_grid
+        heft_grid(spec=spec)
+    except ConfigError as e:
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,24 +11,32 @@ from prefect.artifacts import create_markdown_artifact
 from heft.artifacts import ArtifactStore
 from heft.config import RunConfig, flat_params
 from heft.presets import DEFAULT_PRESET, load_run_config
-from heft.pipeline import key_of, run_pipeline, summary, validate
-from heft.tracking import Tracker, stage_params
+from heft.pipeline import FINAL_EVAL, TRAINS, key_of, run_pipeline, summary, validate
+from heft.tracking import Tracker, experiment_id, stage_params
 from tasks.stages import STAGE_TASKS
 
 
 @flow(name="heft", log_prints=True)
-def heft(config: RunConfig | None = None, preset: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Run one HEFT pipeline; returns {evaluation name: metrics}.
+def heft(config: RunConfig | None = None, preset: str | None = None, overrides: list[str] | None = None,
+         mlflow_parent_run_id: str | None = None, run_name: str | None = None,
+         mlflow_tags: dict[str, str] | None = None) -> dict:
+    """Run one HEFT pipeline; returns {"results": {evaluation: metrics}, "stages": [...], ...}.
 
     ``config`` is the typed run configuration; deployments may instead name a ``preset``
-    YAML from deployments/ plus dotted ``overrides`` (the same as the CLI)."""
+    YAML from deployments/ plus dotted ``overrides`` (the same as the CLI).  A grid passes
+    its MLflow run id as ``mlflow_parent_run_id`` so this run nests under it."""
     if config is None:
         config = load_run_config(preset or DEFAULT_PRESET, overrides or [])
     info = validate(config)  # bad model/layer/rank/data/root fail here, before any training
     print(f"validated: {config.model.name} ({info['family']}, {info['depth']} blocks), mode={config.mode}")
     store = ArtifactStore(config.artifact_root)
-    parent_run = Tracker.start(config.tracking_uri, config.experiment, run_name=config.mode,
-                               params=flat_params(config), tags={"heft.mode": config.mode})
+    grid_run = None
+    if mlflow_parent_run_id:
+        grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
+                           mlflow_parent_run_id)
+    parent_run = Tracker.start(config.tracking_uri, config.experiment, run_name=run_name or config.mode,
+                               params=flat_params(config), parent=grid_run,
+                               tags={"heft.mode": config.mode, **(mlflow_tags or {})})
     stages_report = []
 
     def call(stage, cfg, parent):
@@ -60,7 +68,10 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
         parent_run.log_metrics({f"{name}_accuracy": metrics["accuracy"],
                                 f"{name}_ci95_low": metrics["ci95_low"],
                                 f"{name}_ci95_high": metrics["ci95_high"]})
-    parent_run.log_metrics({"majority_rate": next(iter(results.values()))["majority_rate"]})
+    final = results[FINAL_EVAL[config.mode]]  # the same name in every run: MLflow compare lines them up
+    parent_run.log_metrics({"accuracy": final["accuracy"], "ci95_low": final["ci95_low"],
+                            "ci95_high": final["ci95_high"], "majority_rate": final["majority_rate"],
+                            "total_epochs": sum(getattr(config, s).epochs for s in TRAINS[config.mode])})
     parent_run.finish()
     text = summary(out)
     print(text)

@@ -18,10 +18,23 @@ from heft.config import ConfigError, RunConfig
 DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # the embedded offline default
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_values(base: dict, extra: dict) -> dict:
+    """Nested dicts: ``extra`` wins, mappings merge key by key."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_values(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def nested(dotted: dict[str, Any]) -> dict:
+    """{'lora.rank': 8, 'mode': 'heft'} -> {'lora': {'rank': 8}, 'mode': 'heft'}."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     return out
 
 
@@ -40,17 +53,13 @@ def read_preset(path: str | Path) -> dict:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    out: dict = {}
+    flat = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
         key, raw = item.split("=", 1)
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
-    return out
+        flat[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+    return nested(flat)
 
 
 def build(cls, values: dict, where: str) -> Any:
@@ -77,7 +86,7 @@ def build(cls, values: dict, where: str) -> Any:
 
 def load_run_config(preset: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     values = read_preset(preset) if preset else {}
-    return build(RunConfig, _merge(values, parse_overrides(list(overrides))), "")
+    return build(RunConfig, merge_values(values, parse_overrides(list(overrides))), "")
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -106,6 +106,11 @@ class Tracker:
                 elif path.is_dir() and path.name == "adapter":
                     client.log_artifacts(self.run_id, str(path), artifact_path="heft/adapter")
 
+    def log_files(self, paths: list[Path], artifact_path: str = "") -> None:
+        client = _client(self.uri)
+        for path in paths:
+            client.log_artifact(self.run_id, str(path), artifact_path=artifact_path or None)
+
     def finish(self, status: str = "FINISHED") -> None:
         _client(self.uri).set_terminated(self.run_id, status=status)
 

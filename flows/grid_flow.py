@@ -1,0 +1,96 @@
+"""Flow ``heft-grid``: every cell of a grid as a ``heft`` subflow, then one report.
+
+Cells run one after another; the per-stage task cache makes them share work (a ReFT
+layer sweep trains LoRA once).  ``run_cell`` is the only place a cell is executed: to
+fan cells out to a work pool, replace its body with
+``prefect.deployments.run_deployment("heft/boolq", parameters={...})`` (or submit it to a
+task runner); nothing in heft/ changes.  Grid presets: deployments/grids/*.yaml.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.heft_flow import heft
+from heft.config import ConfigError
+from heft.grid import Cell, GridSpec, effective, expand, load_grid
+from heft.pipeline import validate
+from heft.report import CellResult, write_report
+from heft.tracking import Tracker
+
+DEFAULT_GRID = "deployments/grids/reft-layers.yaml"
+
+
+def run_cell(cell: Cell, grid_run: Tracker, grid_name: str) -> dict:
+    """One cell = one ``heft`` flow run, nested under the grid in Prefect and in MLflow."""
+    return heft.with_options(flow_run_name=f"{grid_name}: {cell.run_name}")(
+        config=cell.config, mlflow_parent_run_id=grid_run.run_id, run_name=cell.run_name,
+        mlflow_tags={"heft.grid": grid_name, "heft.cell": cell.label, "heft.method": cell.method,
+                     "heft.seed": str(cell.seed)})
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Validate every distinct cell before any cell trains; one MLflow store for the grid."""
+    if not cells:
+        raise ConfigError("the grid has no cells")
+    stores = {(c.config.tracking_uri, c.config.experiment) for c in cells}
+    if len(stores) > 1:
+        raise ConfigError(f"a grid logs to one MLflow experiment, the cells name {sorted(stores)}")
+    for cell in {effective(c.config): c for c in cells}.values():
+        try:
+            validate(cell.config)
+        except ConfigError as e:
+            raise ConfigError(f"grid cell {cell.label!r}: {e}") from None
+
+
+@flow(name="heft-grid", log_prints=True)
+def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec: GridSpec | None = None,
+              report_dir: str | None = None) -> dict:
+    """Run a grid (YAML path + overrides, or a typed ``spec``); returns the report rows."""
+    spec = spec or load_grid(grid, overrides or [])
+    cells = expand(spec)
+    check_cells(cells)
+    print(f"grid {spec.name}: {len(cells)} cells")
+    first = cells[0].config
+    grid_run = Tracker.start(first.tracking_uri, first.experiment, run_name=f"grid: {spec.name}",
+                             params={"grid.name": spec.name, "grid.preset": spec.preset,
+                                     "grid.overrides": " ".join(spec.overrides),
+                                     "grid.axes": repr(dict(spec.axes)), "grid.seeds": repr(list(spec.seeds)),
+                                     "grid.epoch_scale": spec.epoch_scale, "grid.cells": len(cells)},
+                             tags={"heft.grid": spec.name, "heft.kind": "grid"})
+    results, stages, started = [], [], time.perf_counter()
+    try:
+        for i, cell in enumerate(cells, 1):
+            t0 = time.perf_counter()
+            run = run_cell(cell, grid_run, spec.name)
+            results.append(CellResult.of(cell, run, time.perf_counter() - t0))
+            stages.append(run["stages"])
+            r = results[-1]
+            print(f"[{i}/{len(cells)}] {cell.run_name}: {r.accuracy:.2%} "
+                  f"(stages ran {r.ran}, cached {r.cached}, {r.seconds:.0f} s)")
+    except BaseException:
+        grid_run.finish("FAILED")
+        raise
+    seconds = time.perf_counter() - started
+    folder = Path(report_dir or f".heft/reports/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    report = write_report(folder, spec, cells, results)
+    grid_run.log_metrics({"wall_seconds": seconds, "cells": len(cells),
+                          "stages_ran": sum(r.ran for r in results),
+                          "stages_cached": sum(r.cached for r in results),
+                          "best_accuracy": max(r["mean"] for r in report["rows"])})
+    grid_run.log_files(list(report["files"].values()), artifact_path="report")
+    grid_run.finish()
+    create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower()),
+                             description=f"heft grid {spec.name}", markdown=report["markdown"])
+    print(report["markdown"])
+    return {"rows": report["rows"], "seconds": seconds, "report_dir": str(folder),
+            "mlflow_run_id": grid_run.run_id,
+            "cells": [dict(vars(r), stages=st) for r, st in zip(results, stages)]}
+
+
+if __name__ == "__main__":
+    heft_grid()
