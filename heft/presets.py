@@ -8,6 +8,7 @@ that name the key and where it came from; values are parsed as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from heft.config import ConfigError, RunConfig
 
 DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # the embedded offline default
+FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def merge_values(base: dict, extra: dict) -> dict:
@@ -58,8 +60,18 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
         key, raw = item.split("=", 1)
-        flat[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        flat[key.strip()] = scalar(raw)
     return nested(flat)
+
+
+def scalar(raw: str) -> Any:
+    """A YAML scalar, except that '3e-3' is a float (YAML 1.1 wants '3.0e-3', people don't)."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and FLOAT_RE.match(value):
+        return float(value)
+    return value
 
 
 def build(cls, values: dict, where: str) -> Any:
@@ -77,6 +89,17 @@ def build(cls, values: dict, where: str) -> Any:
             value = build(type(default), value, name)
         elif isinstance(value, list):
             value = tuple(value)
+        elif isinstance(value, str) and FLOAT_RE.match(value):
+            value = float(value)  # '2e-4' in a YAML file is a string to PyYAML
+        kind = type(fields[key].default)
+        if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ConfigError(f"option {name}={value!r}: expected a number")
+        if kind is float:
+            value = float(value)
+        elif kind is int and value != int(value):
+            raise ConfigError(f"option {name}={value!r}: expected a whole number")
+        elif kind is int:
+            value = int(value)
         kwargs[key] = value
     try:
         return cls(**kwargs)

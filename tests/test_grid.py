@@ -1,0 +1,92 @@
+"""Grid expansion (no training): relative layers, zero-epoch modes, epoch scaling, seeds,
+de-duplication, labels and errors; every shipped grid preset expands."""
+from pathlib import Path
+
+import pytest
+
+from heft.config import ConfigError
+from heft.grid import GridSpec, expand, load_grid
+
+GRIDS = sorted(Path("deployments/grids").glob("*.yaml"))
+STORIES_PRESET = "deployments/stories-boolq.yaml"
+
+
+def layers(depth):
+    spec = load_grid("deployments/grids/ablation.yaml")
+    return sorted({c.config.reft.layer for c in expand(spec, depth_of=lambda name: depth)})
+
+
+def test_layer_fractions_follow_depth():
+    assert layers(32) == [10, 15, 20]  # the paper's layers on Llama-2-7B
+    assert layers(6) == [1, 2, 3]      # MiniLM
+    assert layers(5) == [1, 2, 3]      # stories260K
+
+
+def test_layer_fraction_uses_the_real_model_depth(stories):
+    spec = load_grid("deployments/grids/reft-layers.yaml", [f"preset={STORIES_PRESET}"])
+    cells = expand(spec)
+    assert [c.config.reft.layer for c in cells] == [1, 2, 3]
+    assert [c.label for c in cells] == ["reft.layer=1", "reft.layer=2", "reft.layer=3"]
+    assert cells[1].settings == {"reft.layer_fraction": 0.46875, "reft.layer": 2}
+
+
+def test_epoch_grid_zero_epochs_mean_no_stage():
+    cells = expand(load_grid("deployments/grids/epochs.yaml"), depth_of=lambda n: 6)
+    methods = [c.method for c in cells]
+    assert len(cells) == 36 and len({c.label for c in cells}) == 36
+    assert (methods.count("base"), methods.count("reft-only"), methods.count("lora-only"),
+            methods.count("heft")) == (1, 5, 5, 25)
+    cell = next(c for c in cells if c.label == "lora.epochs=5 reft.epochs=3")
+    assert cell.epochs == {"lora": 5, "reft": 3} and cell.total_epochs == 8
+    assert cell.config.lora.schedule == cell.config.reft.schedule == "constant"
+
+
+def test_paper_preset_scaled_epochs_and_seeds():
+    spec = load_grid("deployments/grids/paper.yaml", ["epoch_scale=0.15", "seeds=[0, 1]"])
+    cells = expand(spec, depth_of=lambda n: 6)
+    assert [(c.label, c.seed) for c in cells][:3] == [("HEFT 3+3", 0), ("HEFT 3+3", 1), ("HEFT 20+20", 0)]
+    assert {c.label: c.epochs for c in cells} == {
+        "HEFT 3+3": {"lora": 1, "reft": 1}, "HEFT 20+20": {"lora": 3, "reft": 3},
+        "LoRA-only 20": {"lora": 3}, "ReFT-only 20": {"reft": 3}}
+    assert all(c.config.lora.seed == c.config.reft.seed == c.seed for c in cells)
+
+
+def test_cells_computing_the_same_thing_run_once():
+    spec = GridSpec(name="dup", cells=({"label": "LoRA", "mode": "lora-only"},),
+                    axes=(("reft.layer", (1, 2, 3)),))
+    assert len(expand(spec, depth_of=lambda n: 6)) == 1  # reft.layer does not matter to lora-only
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["bogus=1"], "unknown option 'bogus'"),
+    (["reft.layr=2"], "unknown option 'reft.layr'"),
+    (["epoch_scale=0"], "grid.epoch_scale=0.0"),
+])
+def test_grid_errors_name_the_value(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(load_grid("deployments/grids/reft-layers.yaml", overrides), depth_of=lambda n: 6)
+
+
+def test_bad_layer_fraction_and_unknown_grid_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"reft.layer_fraction=1.5"):
+        expand(GridSpec(name="x", axes=(("reft.layer_fraction", (1.5,)),)), depth_of=lambda n: 6)
+    (tmp_path / "g.yaml").write_text("name: g\naxis: {reft.rank: [2]}\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['axis'\]"):
+        load_grid(str(tmp_path / "g.yaml"))
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.stem for p in GRIDS])
+def test_every_shipped_grid_expands(path):
+    cells = expand(load_grid(str(path)), depth_of=lambda n: 32)
+    assert cells and len({(c.label, c.seed) for c in cells}) == len(cells)
+
+
+def test_prefect_yaml_grid_deployments_point_at_heft_grid():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    spec = yaml.safe_load(open("prefect.yaml"))
+    grids = [d for d in spec["deployments"] if d["entrypoint"].endswith(":heft_grid")]
+    assert {d["name"] for d in grids} >= {"reft-layers", "paper", "epochs", "ablation", "orderings"}
+    assert load_flow_from_entrypoint(grids[0]["entrypoint"]).name == "heft-grid"
+    for d in grids:
+        assert expand(load_grid(d["parameters"]["grid"]), depth_of=lambda n: 6)
