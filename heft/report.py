@@ -87,18 +87,20 @@ def plot_epochs(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in rows):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, method in enumerate(methods):
         mine = [r for r in rows if r["method"] == method]
+        dx = 0.06 * (i - (len(methods) - 1) / 2)  # small offsets: methods at one x stay visible
         # every cell as a point (error bar = std over seeds); the line joins the best cell at
         # each epoch count (cells at one x differ in layer, rank, or the LoRA/ReFT split)
-        pts = ax.errorbar([r["total_epochs"] for r in mine], [100 * r["mean"] for r in mine],
+        pts = ax.errorbar([r["total_epochs"] + dx for r in mine], [100 * r["mean"] for r in mine],
                           yerr=[100 * r["std"] for r in mine], fmt="o", capsize=3, alpha=0.7,
                           label=METHOD_NAMES[method])
         best = {}
         for r in mine:
             best[r["total_epochs"]] = max(best.get(r["total_epochs"], 0.0), r["mean"])
         xs = sorted(best)
-        ax.plot(xs, [100 * best[x] for x in xs], color=pts[0].get_color(), lw=1)
+        ax.plot([x + dx for x in xs], [100 * best[x] for x in xs], color=pts[0].get_color(), lw=1)
     ax.axhline(100 * rows[0]["majority_rate"], color="grey", ls="--", lw=1, label="majority rate")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("total training epochs (LoRA + ReFT)")
