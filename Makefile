@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.heft/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo grid test test-slow clean
 venv: $(VENV)/.installed
 
 # torch first and pinned: 2.13.0 is a CPU build on local disk here (an unpinned torch
@@ -27,6 +27,12 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/heft run --preset $(PRESET) $(ARGS)
+
+# A grid (flow heft-grid): make grid GRID=deployments/grids/ablation.yaml ARGS="seeds=[0,1]"
+GRID ?= deployments/grids/reft-layers.yaml
+grid: venv
+	mkdir -p $(PREFECT_HOME)
+	$(VENV)/bin/heft grid --grid $(GRID) $(ARGS)
 
 test: venv
 	mkdir -p $(PREFECT_HOME)
