@@ -9,12 +9,16 @@ Atomicity: every artifact is built in a local temporary folder.  On a local root
 it is published with one ``os.rename`` (atomic on one filesystem); on an object
 store the files are uploaded first and ``meta.json`` last, so an entry counts as
 complete only once its meta.json exists, and a half-written entry is never reused.
+``meta.json`` also lists every file with its size and sha256.  A lookup compares the
+sizes against one listing of the folder (cheap, also on S3); an entry with a missing
+or resized file is reported, treated as absent, and replaced when the stage is rebuilt.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,6 +33,20 @@ import fsspec
 
 FORMAT_VERSION = 2  # bump when the on-disk layout of any stage changes
 META = "meta.json"
+log = logging.getLogger(__name__)
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file under folder except meta.json."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != META:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": h.hexdigest()}
+    return out
 
 
 def canonical_json(obj: Any) -> str:
@@ -99,7 +117,34 @@ class ArtifactStore:
             return None
         with self.fs.open(meta_path, "r") as f:
             meta = json.load(f)
+        problem = self.damage(f"{self.base}/{stage}/{key}", meta.get("files", {}))
+        if problem:
+            log.warning("ignoring damaged artifact %s/%s (%s); it will be rebuilt", stage, key, problem)
+            return None
         return Artifact(stage=stage, key=key, uri=self.uri(stage, key), meta=meta)
+
+    def damage(self, folder: str, files: dict[str, dict]) -> str:
+        """'' if every listed file exists with its recorded size, else what is wrong."""
+        if not files:
+            return ""
+        listing = {self.fs._strip_protocol(p).removeprefix(self.fs._strip_protocol(folder)).lstrip("/"): info
+                   for p, info in self.fs.find(folder, detail=True).items()}
+        for rel, want in files.items():
+            got = listing.get(rel)
+            if got is None:
+                return f"{rel} is missing"
+            if int(got.get("size", -1)) != want["size"]:
+                return f"{rel} has {got.get('size')} bytes, expected {want['size']}"
+        return ""
+
+    def verify(self, art: Artifact) -> str:
+        """Full check: '' if every file's sha256 matches meta.json, else the first mismatch."""
+        folder = self.local_path(art)
+        now = manifest(folder)
+        for rel, want in art.meta.get("files", {}).items():
+            if now.get(rel, {}).get("sha256") != want["sha256"]:
+                return f"{rel}: sha256 differs from meta.json"
+        return ""
 
     @contextmanager
     def build(self, stage: str, key: str) -> Iterator[Path]:
@@ -121,11 +166,15 @@ class ArtifactStore:
                 "format": FORMAT_VERSION,
                 "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
                 "metrics": metrics, "lineage": inherited, "versions": _versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": manifest(tmp)}
         final = f"{self.base}/{stage}/{key}"
         if self.local:
             (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            if os.path.exists(final) and self.find(stage, key) is None:  # a damaged entry: set aside
+                trash = Path(self.base) / ".trash"
+                trash.mkdir(parents=True, exist_ok=True)
+                os.rename(final, tempfile.mkdtemp(prefix=f"{stage.replace('/', '-')}-{key}-", dir=trash))
             try:
                 os.rename(tmp, final)
             except OSError:  # another run published the same key first: keep theirs

@@ -44,3 +44,29 @@ def test_failed_build_leaves_nothing(tmp_path):
             raise RuntimeError("killed")
     assert store.find("reft", "k") is None
     assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_damaged_artifact_is_not_reused_and_is_replaced(tmp_path, caplog):
+    from heft.artifacts import ArtifactStore
+    store = ArtifactStore(str(tmp_path))
+
+    def make(payload: bytes):
+        with store.build("lora", "k1") as tmp:
+            (tmp / "adapter.bin").write_bytes(payload)
+            return store.publish(tmp, "lora", "k1", {"rank": 8}, None, {}, lineage={})
+
+    art = make(b"x" * 100)
+    assert art.meta["files"]["adapter.bin"]["size"] == 100 and store.verify(art) == ""
+    path = tmp_path / "lora" / "k1" / "adapter.bin"
+    path.write_bytes(b"x" * 40)  # a truncated copy (e.g. a disk filled up during a sync)
+    with caplog.at_level("WARNING"):
+        assert store.find("lora", "k1") is None
+    assert "adapter.bin has 40 bytes, expected 100" in caplog.text
+    again = make(b"y" * 100)  # the rebuild replaces the damaged entry
+    assert again is not None and (tmp_path / "lora" / "k1" / "adapter.bin").read_bytes() == b"y" * 100
+    assert len(list((tmp_path / ".trash").iterdir())) == 1
+    path.write_bytes(b"z" * 100)  # same size, other bytes: only the full check sees it
+    assert store.find("lora", "k1") is not None
+    assert "sha256 differs" in store.verify(store.find("lora", "k1"))
+    path.unlink()
+    assert store.find("lora", "k1") is None
