@@ -51,3 +51,11 @@ def keyword_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("keyword") / "keyword.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A throw-away Prefect server and database for the flow tests of one module."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

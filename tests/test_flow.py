@@ -2,17 +2,10 @@
 import dataclasses
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main as cli
 from flows.heft_flow import heft
 from heft.config import ConfigError, DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
 """Flow heft-grid on stories260K + the keyword task: which stages are Cached and which ran
 for each kind of grid change, the paper preset's report, MLflow parent/child nesting."""
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.grid_flow import heft_grid
 from heft.artifacts import ArtifactStore
 from heft.grid import load_grid
 
 SHARED_STAGES = ["data", "lora", "merge", "evaluate", "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")
