@@ -60,18 +60,20 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
         key, raw = item.split("=", 1)
-        flat[key.strip()] = scalar(raw)
+        flat[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
     return nested(flat)
 
 
-def scalar(raw: str) -> Any:
-    """A YAML scalar, except that '3e-3' is a float (YAML 1.1 wants '3.0e-3', people don't)."""
-    if raw == "":
-        return ""
-    value = yaml.safe_load(raw)
+def number(value: Any, name: str, kind: type) -> int | float:
+    """A numeric option's value; '3e-3' counts (PyYAML reads it as a string: YAML 1.1 wants
+    '3.0e-3', people don't), booleans and other strings do not."""
     if isinstance(value, str) and FLOAT_RE.match(value):
-        return float(value)
-    return value
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"option {name}={value!r}: expected a number")
+    if kind is int and value != int(value):
+        raise ConfigError(f"option {name}={value!r}: expected a whole number")
+    return kind(value)
 
 
 def build(cls, values: dict, where: str) -> Any:
@@ -89,17 +91,8 @@ def build(cls, values: dict, where: str) -> Any:
             value = build(type(default), value, name)
         elif isinstance(value, list):
             value = tuple(value)
-        elif isinstance(value, str) and FLOAT_RE.match(value):
-            value = float(value)  # '2e-4' in a YAML file is a string to PyYAML
-        kind = type(fields[key].default)
-        if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise ConfigError(f"option {name}={value!r}: expected a number")
-        if kind is float:
-            value = float(value)
-        elif kind is int and value != int(value):
-            raise ConfigError(f"option {name}={value!r}: expected a whole number")
-        elif kind is int:
-            value = int(value)
+        elif type(fields[key].default) in (int, float):
+            value = number(value, name, type(fields[key].default))
         kwargs[key] = value
     try:
         return cls(**kwargs)
