@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from heft.artifacts import ArtifactStore
 from heft.config import RunConfig, flat_params
 from heft.presets import DEFAULT_PRESET, load_run_config
-from heft.pipeline import FINAL_EVAL, TRAINS, key_of, run_pipeline, summary, validate
+from heft.pipeline import FINAL_EVAL, key_of, run_pipeline, summary, trained_epochs, validate
 from heft.tracking import Tracker, experiment_id, stage_params
 from tasks.stages import STAGE_TASKS
 
@@ -71,7 +71,7 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     final = results[FINAL_EVAL[config.mode]]  # the same name in every run: MLflow compare lines them up
     parent_run.log_metrics({"accuracy": final["accuracy"], "ci95_low": final["ci95_low"],
                             "ci95_high": final["ci95_high"], "majority_rate": final["majority_rate"],
-                            "total_epochs": sum(getattr(config, s).epochs for s in TRAINS[config.mode])})
+                            "total_epochs": sum(trained_epochs(config).values())})
     parent_run.finish()
     text = summary(out)
     print(text)

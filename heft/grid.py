@@ -30,12 +30,12 @@ import dataclasses
 import functools
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from heft import models
 from heft.config import ConfigError, RunConfig
-from heft.pipeline import FINAL_EVAL, TRAINS
+from heft.pipeline import FINAL_EVAL, TRAINS, trained_epochs
 from heft.presets import DEFAULT_PRESET, build, merge_values, nested, parse_overrides, read_preset
 
 LAYER_FRACTION = "reft.layer_fraction"
@@ -84,7 +84,7 @@ class Cell:
 
     @property
     def epochs(self) -> dict[str, int]:
-        return {stage: getattr(self.config, stage).epochs for stage in TRAINS[self.config.mode]}
+        return trained_epochs(self.config)
 
     @property
     def total_epochs(self) -> int:

@@ -37,6 +37,11 @@ TRAINS = {"heft": ("lora", "reft"), "lora-only": ("lora",), "reft-only": ("reft"
           "reft-lora": ("reft", "lora"), "base": ()}
 
 
+def trained_epochs(cfg: RunConfig) -> dict[str, int]:
+    """{training stage: epochs} for the stages cfg.mode trains, e.g. {'lora': 3, 'reft': 1}."""
+    return {stage: getattr(cfg, stage).epochs for stage in TRAINS[cfg.mode]}
+
+
 def key_of(stage: str, cfg: Any, parent: Artifact | None) -> str:
     """The cache key a stage will have, computable before it runs."""
     return data_key(cfg) if stage == "data" else stage_key(stage, cfg, parent.key)

@@ -63,8 +63,8 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
     history, resumed = [], 0
     if checkpoints and (resumed := checkpoints.latest(cfg.epochs)):
         history = checkpoints.restore(resumed, state, optimizer, scheduler)[:resumed]
-        for epoch, metrics in enumerate(history, start=1):  # complete curves in MLflow
-            if on_epoch:
+        if on_epoch:  # replay the restored epochs: complete curves in MLflow
+            for epoch, metrics in enumerate(history, start=1):
                 on_epoch(epoch, metrics)
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from heft.artifacts import ArtifactStore, stage_key

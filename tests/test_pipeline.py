@@ -3,7 +3,6 @@ intervention applied at evaluation, and which stages a config change reruns."""
 import json
 
 import pytest
-import torch
 
 from heft.artifacts import ArtifactStore
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
