@@ -10,6 +10,7 @@ built, before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,13 +178,24 @@ class RunConfig:
         "help": "heft (LoRA->merge->ReFT), lora-only, reft-only, reft-lora (ReFT on the base, then "
                 "LoRA with the intervention frozen in place) or base (evaluate the untrained model)"})
     seed: int | None = field(default=None, metadata={"help": "if set, overrides lora.seed and reft.seed"})
-    artifact_root: str = field(default=".heft/artifacts", metadata={
-        "help": "folder or fsspec URL (s3://bucket/prefix) where stage artifacts are cached"})
-    tracking_uri: str = field(default="sqlite:///.heft/mlflow.db", metadata={"help": "MLflow tracking URI"})
-    experiment: str = field(default="heft", metadata={"help": "MLflow experiment name"})
+    # Where a run keeps its state defaults to the environment, so one flow code serves a
+    # laptop (.heft/ folders), the local stack and a cloud work pool (s3://..., an MLflow server).
+    artifact_root: str = field(default_factory=lambda: os.environ.get("HEFT_ARTIFACT_ROOT", ".heft/artifacts"),
+                               metadata={"help": "folder or fsspec URL (s3://bucket/prefix) where stage "
+                                                 "artifacts are cached (default $HEFT_ARTIFACT_ROOT or .heft/artifacts)"})
+    tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.heft/mlflow.db"),
+                              metadata={"help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                                "sqlite:///.heft/mlflow.db)"})
+    experiment: str = field(default_factory=lambda: os.environ.get("MLFLOW_EXPERIMENT_NAME", "heft"),
+                            metadata={"help": "MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME or heft)"})
 
     def __post_init__(self):
         _require(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        for name in ("artifact_root", "tracking_uri", "experiment"):
+            value = getattr(self, name)
+            _require(bool(value) and "{{" not in value, name, value,
+                     "empty or an unresolved prefect.yaml template: set its environment variable "
+                     "before `prefect deploy`")
         if self.seed is not None:
             object.__setattr__(self, "lora", dataclasses.replace(self.lora, seed=self.seed))
             object.__setattr__(self, "reft", dataclasses.replace(self.reft, seed=self.seed))
