@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.heft/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: venv demo grid test test-slow clean
+.PHONY: venv demo grid test test-slow clean up down status deploy run-deployment
 venv: $(VENV)/.installed
 
 # torch first and pinned: 2.13.0 is a CPU build on local disk here (an unpinned torch
@@ -41,6 +41,33 @@ test: venv
 test-slow: venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m slow
+
+# The local stack (deployments/stack.py): S3 (moto), MLflow and Prefect servers on
+# 127.0.0.1, work pools heft-local (process) and heft-gpu (kubernetes, for validation), a worker.
+STACK := $(PY) deployments/stack.py
+STACK_ENV := .heft/stack/env
+up: venv
+	$(STACK) up
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+# Register every deployment of prefect.yaml on the local server. The GPU deployment's
+# image and destinations come from the environment (placeholders here: it runs elsewhere).
+deploy: up
+	. $(STACK_ENV) && HEFT_GPU_IMAGE=$${HEFT_GPU_IMAGE:-heft:gpu} \
+	HEFT_GPU_ARTIFACT_ROOT=$${HEFT_GPU_ARTIFACT_ROOT:-s3://heft/gpu-artifacts} \
+	HEFT_GPU_TRACKING_URI=$${HEFT_GPU_TRACKING_URI:-$$MLFLOW_TRACKING_URI} \
+	$(VENV)/bin/prefect --no-prompt deploy --all
+
+# make run-deployment [DEPLOYMENT=heft/boolq-stories] [PARAMS='{"overrides": ["lora.epochs=2"]}']
+DEPLOYMENT ?= heft/boolq
+PARAMS ?= {}
+run-deployment:
+	. $(STACK_ENV) && $(VENV)/bin/prefect deployment run $(DEPLOYMENT) --params '$(PARAMS)' --watch
 
 clean:
 	rm -rf .heft
