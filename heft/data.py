@@ -15,17 +15,17 @@ import random
 import re
 from pathlib import Path
 
-import fsspec
 
 from heft.artifacts import Artifact, ArtifactStore, stage_key
-from heft.config import DataConfig
+from heft.config import ConfigError, DataConfig
+from heft.storage import open_url, url_to_fs
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SPLITS = ("train", "valid", "eval")
 ANSWERS = {True: "true", False: "false"}  # the words a causal LM is scored on
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A data row or source is invalid; the message names file, row and field."""
 
 
@@ -36,7 +36,7 @@ def is_hub_id(source: str) -> bool:
 def _read_jsonl(url: str) -> list[dict]:
     rows = []
     try:
-        with fsspec.open(url, "rt", encoding="utf-8") as f:
+        with open_url(url, "rt", encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if line.strip():
                     try:
@@ -49,7 +49,7 @@ def _read_jsonl(url: str) -> list[dict]:
 
 
 def _folder_files(folder: str) -> dict[str, str]:
-    fs, base = fsspec.core.url_to_fs(folder)
+    fs, base = url_to_fs(folder)
     names = sorted(Path(p).name for p in fs.ls(base, detail=False) if p.endswith(".jsonl"))
     found = {}
     for split, prefixes in (("train", ("train",)), ("eval", ("validation", "dev", "test"))):
@@ -73,7 +73,7 @@ def load_source(source: str) -> dict[str, tuple[str, list[dict]]]:
                          "label": r["answer"] if "answer" in r else r["label"]} for r in ds[name]]
                 out[split] = (f"{source}[{name}]", rows)
         return out
-    fs, path = fsspec.core.url_to_fs(source)
+    fs, path = url_to_fs(source)
     if fs.isdir(path):
         return {split: (url, _read_jsonl(url)) for split, url in _folder_files(source).items()}
     return {"train": (source, _read_jsonl(source))}
@@ -107,7 +107,7 @@ def _fingerprint(cfg: DataConfig) -> str:
         if is_hub_id(src):
             h.update(src.encode())
             continue
-        fs, path = fsspec.core.url_to_fs(src)
+        fs, path = url_to_fs(src)
         if not fs.exists(path):
             raise DataError(f"data source {src!r} does not exist")
         files = sorted(fs.find(path)) if fs.isdir(path) else [path]

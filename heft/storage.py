@@ -1,0 +1,37 @@
+"""fsspec access to artifact roots and data sources, with retries for object stores.
+
+Every remote read or write in heft goes through ``url_to_fs``/``open_url`` here.  For
+``s3://`` the filesystem is s3fs with botocore's *standard* retry mode: throttling
+(SlowDown, 503), 500/502/504 answers and dropped connections are retried with
+exponential backoff and jitter, up to ``AWS_MAX_ATTEMPTS`` attempts (default 8, i.e.
+about 20 s of backoff in the worst case).  Endpoint, credentials and region are not
+set here: botocore reads them from the environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...).
+A fault that outlasts the retries surfaces as an error, and the Prefect task retries
+(tasks/stages.py) are the second line.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+
+DEFAULT_ATTEMPTS = 8
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """Extra fsspec options for ``url``'s protocol (retries for S3; nothing for local)."""
+    if url.startswith(("s3://", "s3a://")):
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_ATTEMPTS))
+        mode = os.environ.get("AWS_RETRY_MODE", "standard")
+        return {"config_kwargs": {"retries": {"max_attempts": attempts, "mode": mode}}}
+    return {}
+
+
+def url_to_fs(url: str):
+    """(filesystem, path) for a folder or URL."""
+    return fsspec.core.url_to_fs(url, **storage_options(url))
+
+
+def open_url(url: str, mode: str = "rb", **kwargs):
+    return fsspec.open(url, mode, **storage_options(url), **kwargs)
