@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.heft_flow import heft
 from heft.config import ConfigError
 from heft.grid import Cell, GridSpec, effective, expand, load_grid
-from heft.pipeline import validate
+from heft.validate import validate
 from heft.report import CellResult, write_report
 from heft.tracking import Tracker
 

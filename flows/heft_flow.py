@@ -11,7 +11,8 @@ from prefect.artifacts import create_markdown_artifact
 from heft.artifacts import ArtifactStore
 from heft.config import RunConfig, flat_params
 from heft.presets import DEFAULT_PRESET, load_run_config
-from heft.pipeline import FINAL_EVAL, key_of, run_pipeline, summary, trained_epochs, validate
+from heft.pipeline import FINAL_EVAL, key_of, run_pipeline, summary, trained_epochs
+from heft.validate import validate
 from heft.tracking import Tracker, experiment_id, stage_params
 from tasks.stages import STAGE_TASKS
 

@@ -30,11 +30,11 @@ def target_modules(cfg: LoraConfig, model) -> list[str]:
     if not targets:
         raise ConfigError(f"lora.target_modules is empty and there is no default for "
                           f"model_type={model.config.model_type!r}: name the modules to adapt")
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()} - {""}
     unknown = [t for t in targets if t not in names]
     if unknown:
         raise ConfigError(f"lora.target_modules={unknown}: no such module in "
-                          f"{type(model).__name__} (e.g. {sorted(names)[:12]})")
+                          f"{type(model).__name__} (it has {sorted(n for n in names if not n.isdigit())})")
     return targets
 
 

@@ -41,8 +41,12 @@ def auto_config(name: str):
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        where = "folder" if os.path.exists(path) else "hub id (offline? set HF_HUB_OFFLINE=0)"
-        raise ConfigError(f"model.name={name!r}: cannot load a model config from this {where}: {e}") from None
+        if os.path.exists(path):
+            raise ConfigError(f"model.name={name!r}: this folder holds no loadable model config: {e}") from None
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:  # hub ids are 'name' or 'org/name'
+            raise ConfigError(f"model.name={name!r}: no such folder") from None
+        raise ConfigError(f"model.name={name!r}: not a local folder, and the hub has no such model or "
+                          f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}") from None
 
 
 def family_of(cfg: ModelConfig, hf_config=None) -> str:

@@ -6,20 +6,16 @@ Prefect flow, whose ``call`` submits each stage as a cached task.
 """
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
-import fsspec
-
-from heft import models
 from heft.artifacts import Artifact, ArtifactStore, stage_key
-from heft.config import ConfigError, RunConfig
+from heft.config import RunConfig
 from heft.data import data_key, run_data
 from heft.evaluate import run_evaluate
 from heft.lineage import base_artifact
 from heft.lora import run_lora
 from heft.merge import run_merge
-from heft.reft import check_reft_config, run_reft
+from heft.reft import run_reft
 
 STAGES: dict[str, Callable[..., Artifact]] = {
     "data": lambda cfg, parent, store, **kw: run_data(cfg, store),
@@ -47,26 +43,17 @@ def key_of(stage: str, cfg: Any, parent: Artifact | None) -> str:
     return data_key(cfg) if stage == "data" else stage_key(stage, cfg, parent.key)
 
 
-def validate(cfg: RunConfig) -> dict:
-    """Check everything that can be checked cheaply before any training starts."""
-    hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
-    depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
-    if "reft" in TRAINS[cfg.mode]:
-        check_reft_config(cfg.reft, depth, hidden)
-    data_key(cfg.data)  # data source exists and is readable
-    fs, base = fsspec.core.url_to_fs(cfg.artifact_root)
-    probe = f"{base.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
-    try:
-        fs.makedirs(base, exist_ok=True)
-        fs.pipe_file(probe, b"ok")
-        fs.rm_file(probe)
-    except Exception as e:  # noqa: BLE001 - any failure means the root is unusable
-        raise ConfigError(f"artifact_root={cfg.artifact_root!r}: not writable ({type(e).__name__}: {e})") from None
-    return {"family": models.family_of(cfg.model, hf_config), "depth": depth, "hidden_size": hidden}
+def run_stage(stage: str, cfg: Any, parent: Artifact | None, store: ArtifactStore, **kw) -> Artifact:
+    """Run one stage (or return its finished artifact) under the key's build lock, so two
+    runs that need the same artifact at the same time build it once."""
+    if stage == "base":  # virtual: nothing is built
+        return STAGES[stage](cfg, parent, store, **kw)
+    with store.lock(stage, key_of(stage, cfg, parent)):
+        return STAGES[stage](cfg, parent, store, **kw)
 
 
 def direct_call(store: ArtifactStore) -> Call:
-    return lambda stage, cfg, parent: STAGES[stage](cfg, parent, store)
+    return lambda stage, cfg, parent: run_stage(stage, cfg, parent, store)
 
 
 def run_pipeline(cfg: RunConfig, call: Call | None = None) -> dict[str, Artifact]:

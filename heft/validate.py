@@ -1,0 +1,87 @@
+"""Check a whole run before any work: config, model shape, LoRA targets, data rows, root.
+
+Config values are checked when the dataclasses are built (heft/config.py, presets.py);
+what needs the outside world is checked here, cheaply and without writing anything:
+
+* the model: its config only (``AutoConfig``), plus an empty skeleton on the *meta*
+  device (no weights, no memory) to check ``lora.target_modules`` by module name;
+* ReFT layer and low-rank dimension against the model's depth and hidden size;
+* the data: every row of every split is read and checked (fields, boolean labels,
+  passages in passage format), and the split sizes, unless the data artifact for the
+  same content key is already in the store (then it was checked when it was built);
+* the artifact root: the URL must resolve to a filesystem; a local root's nearest
+  existing folder must take a probe file, a remote root a probe object, each deleted at
+  once (no folder is created).
+
+Every error is a ``ConfigError`` whose message starts with the option and its value.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+from heft import models
+from heft.artifacts import ArtifactStore
+from heft.config import ConfigError, RunConfig
+from heft.data import data_key, split_rows
+from heft.pipeline import TRAINS
+from heft.reft import check_reft_config
+from heft.storage import url_to_fs
+
+
+def model_skeleton(name: str, family: str, hf_config):
+    """The model's module tree on the meta device: names and shapes, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    with torch.device("meta"):
+        if family == "causal-lm":
+            return AutoModelForCausalLM.from_config(hf_config)
+        return AutoModelForSequenceClassification.from_config(hf_config)
+
+
+def check_artifact_root(root: str) -> None:
+    try:
+        fs, base = url_to_fs(root)
+    except (ValueError, ImportError, TypeError) as e:  # unknown protocol, malformed URL
+        raise ConfigError(f"artifact_root={root!r}: not a usable folder or URL ({e})") from None
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if local:
+        path = os.path.abspath(base)
+        probe = path
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise ConfigError(f"artifact_root={root!r}: {probe} is a file, not a folder")
+        try:  # a real probe (os.access says yes to root even on read-only mounts); removed at once
+            fd, name = tempfile.mkstemp(prefix=".heft-probe-", dir=probe)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            raise ConfigError(f"artifact_root={root!r}: not writable ({probe}: {e.strerror})") from None
+        return
+    probe = f"{base.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
+    try:  # object stores have no folders: writing and deleting one object leaves nothing
+        fs.pipe_file(probe, b"ok")
+        fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - unreachable endpoint, no bucket, no permission
+        raise ConfigError(f"artifact_root={root!r}: not reachable or not writable "
+                          f"({type(e).__name__}: {e})") from None
+
+
+def validate(cfg: RunConfig, store: ArtifactStore | None = None) -> dict:
+    """Check everything that can be checked cheaply before any training starts; write nothing.
+    Returns {'family', 'depth', 'hidden_size'}."""
+    hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
+    family = models.family_of(cfg.model, hf_config)
+    depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
+    if "reft" in TRAINS[cfg.mode]:
+        check_reft_config(cfg.reft, depth, hidden)
+    if "lora" in TRAINS[cfg.mode]:
+        from heft.lora import target_modules
+        target_modules(cfg.lora, model_skeleton(cfg.model.name, family, hf_config))
+    check_artifact_root(cfg.artifact_root)
+    store = store or ArtifactStore(cfg.artifact_root)
+    if store.find("data", data_key(cfg.data)) is None:  # the key also checks the sources exist
+        split_rows(cfg.data)
+    return {"family": family, "depth": depth, "hidden_size": hidden}

@@ -1,0 +1,99 @@
+"""Bad input is refused before any work, through the user's path (`heft run`), with an
+error naming the value and where it came from, and nothing written: no artifact root,
+no MLflow store.  CASES doubles as the table in the reliability notes."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import pytest
+
+from flows.cli import main
+
+PRESET = "deployments/stories-boolq.yaml"
+ROW = {"question": "is it", "passage": "A story.", "label": True}
+
+
+def jsonl(tmp_path, name, rows) -> str:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def unwritable(tmp_path) -> str:
+    if os.geteuid() == 0:  # root ignores permission bits; /proc takes no new files
+        return "/proc/heft-artifacts"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return str(locked / "artifacts")
+
+
+# (class, extra argv builder, text the error must contain)
+CASES = [
+    ("unknown model folder", lambda t: ["model.name=../shared/models/nope"], "model.name='../shared/models/nope': no such folder"),
+    ("unknown hub model id (offline)", lambda t: ["model.name=nobody/no-such-model"], "model.name='nobody/no-such-model'"),
+    ("ReFT layer >= depth", lambda t: ["reft.layer=5"], "reft.layer=5: the model has 5 blocks"),
+    ("ReFT layer < 0", lambda t: ["reft.layer=-1"], "reft.layer=-1"),
+    ("low-rank dim <= 0", lambda t: ["reft.rank=0"], "reft.rank=0"),
+    ("low-rank dim > hidden size", lambda t: ["reft.rank=65"], "reft.rank=65: must be in [1, hidden size 64]"),
+    ("LoRA rank <= 0", lambda t: ["lora.rank=0"], "lora.rank=0"),
+    ("unknown LoRA target module", lambda t: ["lora.target_modules=[q_proj,qkv]"], "lora.target_modules=['qkv']"),
+    ("epochs < 0", lambda t: ["reft.epochs=-2"], "reft.epochs=-2"),
+    ("missing data source", lambda t: [f"data.source={t}/none.jsonl"], "none.jsonl' does not exist"),
+    ("empty split", lambda t: [f"data.source={jsonl(t, 'empty.jsonl', [])}"], "empty.jsonl: split is empty"),
+    ("missing column", lambda t: [f"data.source={jsonl(t, 'nolabel.jsonl', [ROW, {'question': 'q', 'passage': 'p'}])}"],
+     "nolabel.jsonl: row 1: missing field 'label'"),
+    ("non-boolean label", lambda t: [f"data.source={jsonl(t, 'yes.jsonl', [ROW, {**ROW, 'label': 'yes'}])}"],
+     "yes.jsonl: row 1: field 'label' must be a boolean, got 'yes'"),
+    ("passage null in passage format", lambda t: [f"data.source={jsonl(t, 'nopassage.jsonl', [{**ROW, 'passage': None}])}"],
+     "nopassage.jsonl: row 0: field 'passage' must be a string"),
+    ("unknown position spec", lambda t: ["reft.positions=x3"], "reft.positions='x3'"),
+    ("invalid artifact root URL", lambda t: ["artifact_root=nosuchproto://bucket/x"], "artifact_root='nosuchproto://bucket/x'"),
+    ("unreachable artifact root", lambda t: ["artifact_root=s3://heft-none/x"], "artifact_root='s3://heft-none/x': not reachable"),
+    ("unwritable folder", lambda t: [f"artifact_root={unwritable(t)}"], "not writable"),
+    ("artifact root under a file", lambda t: [f"artifact_root={t}/ROW.txt/a"], "is a file, not a folder"),
+    ("unknown override key", lambda t: ["lora.rnak=4"], "unknown option 'lora.rnak'"),
+    ("non-numeric value", lambda t: ["lora.lr=fast"], "lora.lr='fast': expected a number"),
+]
+
+
+@pytest.fixture
+def where(tmp_path, monkeypatch):
+    """Artifact root and MLflow store of the run (neither may appear), plus a dead S3 endpoint."""
+    (tmp_path / "ROW.txt").write_text("a file")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    return tmp_path
+
+
+def refused(where, argv) -> str:
+    """stderr of `heft run` (not capsys: Prefect's rich console keeps the first stream it
+    sees and would write to a closed capture in later tests; this buffer is never closed)."""
+    before = sorted(p.name for p in where.iterdir())
+    args = [f"artifact_root={where}/art", f"tracking_uri=sqlite:///{where}/ml/mlflow.db", *argv]
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        assert main(["run", "--preset", PRESET, *args]) == 2
+    err = buffer.getvalue()
+    assert sorted(p.name for p in where.iterdir()) == before, "something was written"
+    return err
+
+
+@pytest.mark.parametrize("name,extra,needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_work(harness, where, stories, boolq_validation, name, extra, needle):
+    err = refused(where, extra(where))
+    line = next((ln for ln in err.splitlines() if ln.startswith("heft: error: ")), "")
+    assert needle in line, err[-2000:]
+
+
+def test_malformed_preset_names_the_file(where):
+    bad = where / "bad.yaml"
+    bad.write_text("lora: {rank: 8\n")
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        assert main(["run", "--preset", str(bad)]) == 2
+    assert f"preset {str(bad)!r} is not valid YAML" in buffer.getvalue()
