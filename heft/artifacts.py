@@ -9,6 +9,12 @@ Atomicity: every artifact is built in a local temporary folder.  On a local root
 it is published with one ``os.rename`` (atomic on one filesystem); on an object
 store the files are uploaded first and ``meta.json`` last, so an entry counts as
 complete only once its meta.json exists, and a half-written entry is never reused.
+Concurrency: ``lock(stage, key)`` is an exclusive ``flock`` per key, held while a stage
+builds.  A second run that needs the same artifact waits, then finds it finished.  The
+kernel drops the lock when its holder dies (even by SIGKILL), so no stale lock survives
+a crash.  Locks live next to a local root, or in the local cache for remote roots: they
+coordinate runs on one host; two hosts building one key on S3 both build, and the later
+meta.json wins (the content is the same by construction).
 ``meta.json`` also lists every file with its size and sha256.  A lookup compares the
 sizes against one listing of the folder (cheap, also on S3); an entry with a missing
 or resized file is reported, treated as absent, and replaced when the stage is rebuilt.
@@ -16,6 +22,7 @@ or resized file is reported, treated as absent, and replaced when the stage is r
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,12 +31,13 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import fsspec
+from heft.storage import url_to_fs
 
 FORMAT_VERSION = 2  # bump when the on-disk layout of any stage changes
 META = "meta.json"
@@ -98,7 +106,7 @@ class ArtifactStore:
 
     def __init__(self, root: str, cache_dir: str | None = None):
         self.root = root.rstrip("/")
-        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.fs, self.base = url_to_fs(self.root)
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
         if self.local:
             self.base = os.path.abspath(self.base)
@@ -147,6 +155,22 @@ class ArtifactStore:
         return ""
 
     @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the exclusive build lock of (stage, key); waits while another process has it."""
+        folder = Path(self.base) / ".locks" if self.local else Path(self.cache_dir) / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{stage.replace('/', '-')}-{key}.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("%s %s: another run is building it; waiting for it", stage, key)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
     def build(self, stage: str, key: str) -> Iterator[Path]:
         """Yield a fresh local folder to fill; nothing is visible under the root until it is done."""
         parent = Path(self.base) / ".tmp" if self.local else Path(self.cache_dir) / ".tmp"
@@ -166,7 +190,8 @@ class ArtifactStore:
                 "format": FORMAT_VERSION,
                 "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
                 "metrics": metrics, "lineage": inherited, "versions": _versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": manifest(tmp)}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": manifest(tmp),
+                "build": {"id": uuid.uuid4().hex, "host": platform.node(), "pid": os.getpid()}}
         final = f"{self.base}/{stage}/{key}"
         if self.local:
             (tmp / META).write_text(json.dumps(meta, indent=2, default=str))

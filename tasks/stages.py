@@ -14,7 +14,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from heft.artifacts import Artifact, ArtifactStore
-from heft.pipeline import STAGES, key_of
+from heft.pipeline import key_of, run_stage
 from heft.tracking import Tracker
 
 
@@ -27,7 +27,7 @@ def _stage_task(stage: str, retries: int):
     def run(cfg: Any, parent: Artifact | None, root: str, tracker: Tracker | None = None) -> Artifact:
         store = ArtifactStore(root)
         on_epoch = tracker.epoch_logger() if tracker else None
-        art = STAGES[stage](cfg, parent, store, on_epoch=on_epoch)
+        art = run_stage(stage, cfg, parent, store, on_epoch=on_epoch)
         get_run_logger().info("%s artifact %s at %s", stage, art.key, art.uri or "(virtual)")
         return art
 
