@@ -123,8 +123,7 @@ class ArtifactStore:
         meta_path = f"{self.base}/{stage}/{key}/{META}"
         if not self.fs.exists(meta_path):
             return None
-        with self.fs.open(meta_path, "r") as f:
-            meta = json.load(f)
+        meta = json.loads(self.fs.cat_file(meta_path))  # one GET; see heft.storage on open()
         problem = self.damage(f"{self.base}/{stage}/{key}", meta.get("files", {}))
         if problem:
             log.warning("ignoring damaged artifact %s/%s (%s); it will be rebuilt", stage, key, problem)
@@ -209,8 +208,7 @@ class ArtifactStore:
             for path in sorted(tmp.rglob("*")):
                 if path.is_file():
                     self.fs.put_file(str(path), f"{final}/{path.relative_to(tmp).as_posix()}")
-            with self.fs.open(f"{final}/{META}", "w") as f:
-                f.write(json.dumps(meta, indent=2, default=str))
+            self.fs.pipe_file(f"{final}/{META}", json.dumps(meta, indent=2, default=str).encode())
         return self.find(stage, key)
 
     def local_path(self, artifact: Artifact) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from heft.artifacts import Artifact, ArtifactStore, stage_key
 from heft.config import ConfigError, DataConfig
-from heft.storage import open_url, url_to_fs
+from heft.storage import url_to_fs
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SPLITS = ("train", "valid", "eval")
@@ -34,17 +34,20 @@ def is_hub_id(source: str) -> bool:
 
 
 def _read_jsonl(url: str) -> list[dict]:
-    rows = []
+    # One whole-object GET (cat_file), not a streamed open(): a streamed read sizes the file
+    # with a HEAD first, and a failed HEAD on S3 can make s3fs read an empty file silently.
+    fs, path = url_to_fs(url)
     try:
-        with open_url(url, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{url}: row {i}: not valid JSON ({e.msg})") from None
+        text = fs.cat_file(path).decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"data source {url!r} does not exist") from None
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{url}: row {i}: not valid JSON ({e.msg})") from None
     return rows
 
 

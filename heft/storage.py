@@ -8,6 +8,10 @@ about 20 s of backoff in the worst case).  Endpoint, credentials and region are 
 set here: botocore reads them from the environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...).
 A fault that outlasts the retries surfaces as an error, and the Prefect task retries
 (tasks/stages.py) are the second line.
+
+Small objects (JSONL data, meta.json) are read with one whole-object GET (``cat_file``),
+never a streamed ``open()``: measured against injected 500s, a streamed read whose
+size-probing HEAD failed came back *empty* instead of raising (tests/test_s3.py).
 """
 from __future__ import annotations
 
@@ -33,5 +37,3 @@ def url_to_fs(url: str):
     return fsspec.core.url_to_fs(url, **storage_options(url))
 
 
-def open_url(url: str, mode: str = "rb", **kwargs):
-    return fsspec.open(url, mode, **storage_options(url), **kwargs)

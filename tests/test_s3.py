@@ -42,3 +42,98 @@ def test_pipeline_on_s3_reuses_artifacts(s3, stories, keyword_data):
     assert all(again[k].meta.get("created") == out[k].meta.get("created") for k in out)
     store = ArtifactStore(cfg.artifact_root)
     assert (store.local_path(out["reft"]) / "intervention.safetensors").exists()
+
+
+class FlakyS3:
+    """An HTTP proxy in front of moto that answers every ``every``-th request with S3's
+    500 InternalError (which s3fs does not retry itself: only botocore's retry mode does)."""
+
+    def __init__(self, upstream: str, every: int):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+        host, port = urlparse(upstream).hostname, urlparse(upstream).port
+        proxy, lock = self, threading.Lock()
+        self.requests = self.injected = 0
+        self.every = every
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, and "Expect: 100-continue" is answered
+
+            def log_message(self, *args):
+                pass
+
+            def handle_one(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    proxy.requests += 1
+                    fail = proxy.requests % proxy.every == 0
+                    proxy.injected += fail
+                if fail:
+                    msg = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+                    self.send_response(500)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(host, port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_transient_s3_errors_are_retried_with_backoff(s3, stories, keyword_data, monkeypatch, tmp_path):
+    """S3 requests fail with a 500 (every 2nd, then every 5th).  With one attempt the run
+    fails; with heft's default retry mode it completes and its artifacts pass the full
+    sha256 check.  (Some failures are absorbed without retries too: a failed existence check
+    reads as a cache miss, so the negative control fails every other request.)"""
+    import os
+    import s3fs
+    s3.put_file(str(keyword_data), "heft-test/data/flaky.jsonl")
+    proxy = FlakyS3(os.environ["AWS_ENDPOINT_URL"], every=2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("HEFT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def cfg(root):
+        return RunConfig(model=ModelConfig(name=str(stories), max_length=64),
+                         data=DataConfig(source="s3://heft-test/data/flaky.jsonl", holdout_size=60,
+                                         valid_size=40, max_train=120),
+                         lora=LoraConfig(epochs=1, lr=3e-3), reft=ReftConfig(epochs=1, lr=1e-2, layer=3),
+                         artifact_root=f"s3://heft-test/{root}")
+    try:
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(Exception, match="InternalError|injected|500"):
+            run_pipeline(cfg("no-retries"))
+        failed_after = proxy.injected
+        proxy.every = 5
+        monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+        s3fs.S3FileSystem.clear_instance_cache()
+        out = run_pipeline(cfg("with-retries"))
+    finally:
+        proxy.close()
+    assert failed_after >= 1 and proxy.injected > failed_after + 3  # faults kept coming, and were retried
+    store = ArtifactStore("s3://heft-test/with-retries")
+    for name in ("data", "lora", "merge", "reft", "eval:heft"):
+        assert store.verify(out[name]) == "", name
+    print(f"S3 requests {proxy.requests}, injected 500s {proxy.injected}")
