@@ -1,6 +1,6 @@
 """fsspec access to artifact roots and data sources, with retries for object stores.
 
-Every remote read or write in heft goes through ``url_to_fs``/``open_url`` here.  For
+Every remote read or write in heft goes through ``url_to_fs`` here.  For
 ``s3://`` the filesystem is s3fs with botocore's *standard* retry mode: throttling
 (SlowDown, 503), 500/502/504 answers and dropped connections are retried with
 exponential backoff and jitter, up to ``AWS_MAX_ATTEMPTS`` attempts (default 8, i.e.

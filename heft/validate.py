@@ -27,10 +27,9 @@ from heft.config import ConfigError, RunConfig
 from heft.data import data_key, split_rows
 from heft.pipeline import TRAINS
 from heft.reft import check_reft_config
-from heft.storage import url_to_fs
 
 
-def model_skeleton(name: str, family: str, hf_config):
+def model_skeleton(family: str, hf_config):
     """The model's module tree on the meta device: names and shapes, no weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -40,36 +39,36 @@ def model_skeleton(name: str, family: str, hf_config):
         return AutoModelForSequenceClassification.from_config(hf_config)
 
 
-def check_artifact_root(root: str) -> None:
+def check_artifact_root(root: str) -> ArtifactStore:
+    """The store for ``root`` once it has taken a probe write; the probe is removed at once."""
     try:
-        fs, base = url_to_fs(root)
+        store = ArtifactStore(root)
     except (ValueError, ImportError, TypeError) as e:  # unknown protocol, malformed URL
         raise ConfigError(f"artifact_root={root!r}: not a usable folder or URL ({e})") from None
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    if local:
-        path = os.path.abspath(base)
-        probe = path
-        while not os.path.exists(probe):
+    if store.local:
+        probe = store.base
+        while not os.path.exists(probe):  # the nearest existing folder: nothing is created
             probe = os.path.dirname(probe)
         if not os.path.isdir(probe):
             raise ConfigError(f"artifact_root={root!r}: {probe} is a file, not a folder")
-        try:  # a real probe (os.access says yes to root even on read-only mounts); removed at once
+        try:  # a real probe (os.access says yes to root even on read-only mounts)
             fd, name = tempfile.mkstemp(prefix=".heft-probe-", dir=probe)
             os.close(fd)
             os.unlink(name)
         except OSError as e:
             raise ConfigError(f"artifact_root={root!r}: not writable ({probe}: {e.strerror})") from None
-        return
-    probe = f"{base.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
+        return store
+    probe = f"{store.base.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
     try:  # object stores have no folders: writing and deleting one object leaves nothing
-        fs.pipe_file(probe, b"ok")
-        fs.rm_file(probe)
+        store.fs.pipe_file(probe, b"ok")
+        store.fs.rm_file(probe)
     except Exception as e:  # noqa: BLE001 - unreachable endpoint, no bucket, no permission
         raise ConfigError(f"artifact_root={root!r}: not reachable or not writable "
                           f"({type(e).__name__}: {e})") from None
+    return store
 
 
-def validate(cfg: RunConfig, store: ArtifactStore | None = None) -> dict:
+def validate(cfg: RunConfig) -> dict:
     """Check everything that can be checked cheaply before any training starts; write nothing.
     Returns {'family', 'depth', 'hidden_size'}."""
     hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
@@ -79,9 +78,8 @@ def validate(cfg: RunConfig, store: ArtifactStore | None = None) -> dict:
         check_reft_config(cfg.reft, depth, hidden)
     if "lora" in TRAINS[cfg.mode]:
         from heft.lora import target_modules
-        target_modules(cfg.lora, model_skeleton(cfg.model.name, family, hf_config))
-    check_artifact_root(cfg.artifact_root)
-    store = store or ArtifactStore(cfg.artifact_root)
+        target_modules(cfg.lora, model_skeleton(family, hf_config))
+    store = check_artifact_root(cfg.artifact_root)
     if store.find("data", data_key(cfg.data)) is None:  # the key also checks the sources exist
         split_rows(cfg.data)
     return {"family": family, "depth": depth, "hidden_size": hidden}
