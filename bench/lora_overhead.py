@@ -52,8 +52,9 @@ def fresh_model(inputs: StageInputs, cfg):
     return model, named
 
 
-def bare_epoch(inputs, tok, enc, cfg) -> float:
-    """The loop a user would write by hand; returns seconds of the training loop."""
+def bare_epoch(inputs, tok, enc, cfg, batches: list[list[int]] | None = None) -> float:
+    """The loop a user would write by hand; returns seconds of the training loop.
+    ``batches`` (index lists) default to heft's length-grouped ``train_batches``."""
     model, named = fresh_model(inputs, cfg)
     params = [p for _, p in named]
     torch.manual_seed(cfg.seed)
@@ -62,7 +63,7 @@ def bare_epoch(inputs, tok, enc, cfg) -> float:
     answer_ids, dev = inputs.answer_ids(tok), next(model.parameters()).device
     model.train()
     start = time.perf_counter()
-    for idx in train_batches(enc, cfg.batch_size, cfg.seed, 1):
+    for idx in batches or train_batches(enc, cfg.batch_size, cfg.seed, 1):
         batch = to_device(collate(enc, idx, tok.pad_token_id), dev)
         scores, vocab = models.class_scores(model, batch, inputs.family, inputs.model_cfg.pooling, answer_ids)
         loss = models.loss_fn(scores, vocab, batch["labels"], answer_ids)
