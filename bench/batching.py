@@ -22,18 +22,14 @@ import dataclasses
 import random
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import prepare  # noqa: E402
 from lora_overhead import bare_epoch  # noqa: E402
 
-from heft.artifacts import ArtifactStore  # noqa: E402
 from heft.batching import Encoded, train_batches  # noqa: E402
-from heft.lineage import StageInputs  # noqa: E402
-from heft.pipeline import run_stage  # noqa: E402
-from heft.presets import load_run_config  # noqa: E402
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -56,15 +52,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=320)
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="heft-bench-")
-    cfg = load_run_config("deployments/minilm-boolq.yaml", [f"artifact_root={work}/art",
-                                                             f"data.max_train={args.rows}", "data.valid_size=16"])
+    env = prepare("deployments/minilm-boolq.yaml", [f"data.max_train={args.rows}", "data.valid_size=16"])
+    cfg, inputs, tok, enc = env.cfg, env.inputs, env.tok, env.enc
     lora = dataclasses.replace(cfg.lora, epochs=1, head_lr=0.0)
-    store = ArtifactStore(cfg.artifact_root)
-    base = run_stage("base", cfg.model, run_stage("data", cfg.data, None, store), store)
-    inputs = StageInputs.of(base, store)
-    tok = inputs.tokenizer()
-    enc = inputs.encoded("train", tok)
     bs = lora.batch_size
     plans = {
         "max_length": (padded_to(enc, cfg.model.max_length, tok.pad_token_id), random_batches(len(enc), bs, 1)),
@@ -80,7 +70,7 @@ def main() -> None:
             times[name].append(bare_epoch(inputs, tok, e, lora, batches=batches))
         print(f"rep {rep + 1}: " + ", ".join(f"{n} {t[-1]:.1f} s" for n, t in times.items()))
     med = {n: statistics.median(t) for n, t in times.items()}
-    print(f"\nepoch (median): " + ", ".join(f"{n} {t:.1f} s" for n, t in med.items()))
+    print("\nepoch (median): " + ", ".join(f"{n} {t:.1f} s" for n, t in med.items()))
     print(f"grouped is {med['max_length'] / med['grouped']:.2f}x faster than max_length padding, "
           f"{med['dynamic'] / med['grouped']:.2f}x faster than random batches with dynamic padding")
 

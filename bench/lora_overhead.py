@@ -19,21 +19,18 @@ import dataclasses
 import math
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from common import prepare, ratios  # noqa: E402
 
 from heft import models  # noqa: E402
-from heft.artifacts import ArtifactStore  # noqa: E402
 from heft.batching import collate, to_device, train_batches  # noqa: E402
 from heft.checkpoints import EpochCheckpoints  # noqa: E402
 from heft.lineage import StageInputs  # noqa: E402
-from heft.pipeline import run_stage  # noqa: E402
-from heft.presets import load_run_config  # noqa: E402
 from heft.tracking import Tracker  # noqa: E402
 from heft.training import lr_lambda, train  # noqa: E402
 
@@ -92,18 +89,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=320, help="training rows (one epoch each run)")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="heft-bench-"))
-    cfg = load_run_config(args.preset, [f"artifact_root={work}/art", f"data.max_train={args.rows}",
-                                        "data.valid_size=16", "lora.epochs=1"])
+    env = prepare(args.preset, [f"data.max_train={args.rows}", "data.valid_size=16", "lora.epochs=1"])
+    cfg, store, base, inputs, tok, enc, empty = env.cfg, env.store, env.base, env.inputs, env.tok, env.enc, env.empty
     lora = dataclasses.replace(cfg.lora, head_lr=0.0)  # one param group in both loops
-    store = ArtifactStore(cfg.artifact_root)
-    data = run_stage("data", cfg.data, None, store)
-    base = run_stage("base", cfg.model, data, store)
-    inputs = StageInputs.of(base, store)
-    tok = inputs.tokenizer()
-    enc, empty = inputs.encoded("train", tok), inputs.encoded("valid", tok)
-    empty = dataclasses.replace(empty, input_ids=[], labels=[], token_type_ids=None)
-    tracker = Tracker.start(f"sqlite:///{work}/mlflow.db", "bench", "lora-overhead", {})
+    tracker = Tracker.start(f"sqlite:///{env.work}/mlflow.db", "bench", "lora-overhead", {})
     steps = math.ceil(len(enc) / lora.batch_size)
     tokens = sum(len(ids) for ids in enc.input_ids)
     print(f"{cfg.model.name}: {len(enc)} rows, {steps} steps of {lora.batch_size}, {tokens} tokens/epoch, "
@@ -115,10 +104,10 @@ def main() -> None:
         ours.append(heft_epoch(inputs, tok, enc, empty, lora_rep, store, base, tracker))
         print(f"rep {rep + 1}: bare {bare[-1]:.2f} s, heft {ours[-1]:.2f} s")
     b, h = statistics.median(bare), statistics.median(ours)
-    paired = statistics.median(o / r for o, r in zip(ours, bare))
+    paired, minima = ratios(ours, bare)
     print(f"\nper step (median): bare {1000 * b / steps:.1f} ms, heft {1000 * h / steps:.1f} ms; "
           f"tokens/s bare {tokens / b:.0f}, heft {tokens / h:.0f}")
-    print(f"heft / bare: median of paired ratios {paired:.3f}, of minima {min(ours) / min(bare):.3f} "
+    print(f"heft / bare: median of paired ratios {paired:.3f}, of minima {minima:.3f} "
           f"(rep-to-rep spread of bare alone: {max(bare) / min(bare) - 1:.1%})")
 
 

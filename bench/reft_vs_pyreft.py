@@ -20,22 +20,18 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from common import prepare, ratios  # noqa: E402
 
 from heft import models  # noqa: E402
-from heft.artifacts import ArtifactStore  # noqa: E402
 from heft.batching import collate, train_batches  # noqa: E402
 from heft.checkpoints import EpochCheckpoints  # noqa: E402
-from heft.lineage import StageInputs  # noqa: E402
 from heft.loreft import Intervention, LoReFT  # noqa: E402
-from heft.pipeline import run_stage  # noqa: E402
-from heft.presets import load_run_config  # noqa: E402
 from heft.tracking import Tracker  # noqa: E402
 from heft.training import train  # noqa: E402
 
@@ -97,17 +93,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=640)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="heft-bench-"))
-    cfg = load_run_config("deployments/stories-boolq.yaml", [f"artifact_root={work}/art",
-                                                              f"data.max_train={args.rows}", "data.valid_size=16"])
+    env = prepare("deployments/stories-boolq.yaml", [f"data.max_train={args.rows}", "data.valid_size=16"])
+    cfg, store, base, inputs, tok, enc, empty = env.cfg, env.store, env.base, env.inputs, env.tok, env.enc, env.empty
     reft = dataclasses.replace(cfg.reft, epochs=1, warmup_ratio=0.0, schedule="constant")
-    store = ArtifactStore(cfg.artifact_root)
-    base = run_stage("base", cfg.model, run_stage("data", cfg.data, None, store), store)
-    inputs = StageInputs.of(base, store)
-    tok = inputs.tokenizer()
-    enc = inputs.encoded("train", tok)
-    empty = dataclasses.replace(inputs.encoded("valid", tok), input_ids=[], labels=[], token_type_ids=None)
-    tracker = Tracker.start(f"sqlite:///{work}/mlflow.db", "bench", "reft-vs-pyreft", {})
+    tracker = Tracker.start(f"sqlite:///{env.work}/mlflow.db", "bench", "reft-vs-pyreft", {})
     tokens = sum(map(len, enc.input_ids))
     print(f"stories260K: {len(enc)} rows, batch {reft.batch_size}, layer {reft.layer}, rank {reft.rank}, "
           f"positions {reft.positions}, {tokens} tokens/epoch")
@@ -121,9 +110,9 @@ def main() -> None:
         print(f"rep {rep + 1}: pyreft {t_ref:.2f} s (mean loss {loss_ref:.5f}), "
               f"heft {t_ours:.2f} s (mean loss {loss_ours:.5f})")
     r, h = statistics.median(ref), statistics.median(ours)
-    paired = statistics.median(a / b for a, b in zip(ref, ours))
+    paired, minima = ratios(ref, ours)  # time ratio pyreft/heft = throughput ratio heft/pyreft
     print(f"\ntokens/s (median): pyreft {tokens / r:.0f}, heft {tokens / h:.0f}")
-    print(f"heft throughput / pyreft: {paired:.2f}x (median of paired ratios), {min(ref) / min(ours):.2f}x (minima)")
+    print(f"heft throughput / pyreft: {paired:.2f}x (median of paired ratios), {minima:.2f}x (minima)")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> None:
         rows = profile(preset, overrides)
         base = rows[0]["peak_rss_mb"]
         print(f"\n{preset} {' '.join(overrides)}  (baseline process {base:.0f} MB)")
-        print(f"| stage | wall s | tokens | tokens/s | peak RSS MB | above baseline MB |\n|---|---|---|---|---|---|")
+        print("| stage | wall s | tokens | tokens/s | peak RSS MB | above baseline MB |\n|---|---|---|---|---|---|")
         for r in rows[1:]:
             rate = f"{r['tokens'] / r['seconds']:.0f}" if r["tokens"] else ""
             print(f"| {r['stage']} | {r['seconds']:.1f} | {r['tokens'] or ''} | {rate} | "
