@@ -45,6 +45,8 @@ def fresh_model(inputs: StageInputs, cfg):
     model = get_peft_model(model, PeftLoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules(cfg, model),
         task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return model, named
 

@@ -122,6 +122,10 @@ class LoraConfig(TrainConfig):
     dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     target_modules: tuple[str, ...] = field(default=(), metadata={
         "help": "module names to adapt; empty = per-architecture default (q/k/v/o for Llama)"})
+    # repr=False keeps it out of the cache key (keys hash the config's repr): recomputing
+    # activations in backward changes memory and time, not the result.
+    gradient_checkpointing: bool = field(default=False, repr=False, metadata={
+        "help": "recompute block activations in backward: less memory, more time (not in the cache key)"})
 
     def __post_init__(self):
         self._validate_train("lora")

@@ -63,6 +63,8 @@ def run_lora(cfg: LoraConfig, parent: Artifact, store: ArtifactStore,
         # SEQ_CLS also trains and saves the new classification head (modules_to_save)
         task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
     model = get_peft_model(model, peft_cfg)
+    if cfg.gradient_checkpointing:  # non-reentrant: no need for inputs that require grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for n, p in named if ".modules_to_save." in n]  # peft's trainable copy of the head
     groups = [{"params": [p for n, p in named if ".modules_to_save." not in n]}]
