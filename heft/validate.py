@@ -22,7 +22,7 @@ import tempfile
 import uuid
 
 from heft import models
-from heft.artifacts import ArtifactStore
+from heft.artifacts import ArtifactStore, stage_key
 from heft.config import ConfigError, RunConfig
 from heft.data import data_key, split_rows
 from heft.pipeline import TRAINS
@@ -68,6 +68,14 @@ def check_artifact_root(root: str) -> ArtifactStore:
     return store
 
 
+def lora_key(cfg: RunConfig, data: str) -> str:
+    """The key the run's LoRA stage will have (heft.pipeline's chain, computed ahead)."""
+    parent = stage_key("base", cfg.model, data)
+    if cfg.mode == "reft-lora":
+        parent = stage_key("reft", cfg.reft, parent)
+    return stage_key("lora", cfg.lora, parent)
+
+
 def validate(cfg: RunConfig) -> dict:
     """Check everything that can be checked cheaply before any training starts; write nothing.
     Returns {'family', 'depth', 'hidden_size'}."""
@@ -76,10 +84,13 @@ def validate(cfg: RunConfig) -> dict:
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
     if "reft" in TRAINS[cfg.mode]:
         check_reft_config(cfg.reft, depth, hidden)
-    if "lora" in TRAINS[cfg.mode]:
+    store = check_artifact_root(cfg.artifact_root)
+    data = data_key(cfg.data)  # the key also checks the sources exist
+    # the module-name check builds the model skeleton (about a second on a 6-block model);
+    # a finished LoRA artifact for this very config proves the targets matched
+    if "lora" in TRAINS[cfg.mode] and store.find("lora", lora_key(cfg, data)) is None:
         from heft.lora import target_modules
         target_modules(cfg.lora, model_skeleton(family, hf_config))
-    store = check_artifact_root(cfg.artifact_root)
-    if store.find("data", data_key(cfg.data)) is None:  # the key also checks the sources exist
+    if store.find("data", data) is None:
         split_rows(cfg.data)
     return {"family": family, "depth": depth, "hidden_size": hidden}

@@ -97,3 +97,23 @@ def test_malformed_preset_names_the_file(where):
     with contextlib.redirect_stderr(buffer):
         assert main(["run", "--preset", str(bad)]) == 2
     assert f"preset {str(bad)!r} is not valid YAML" in buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["lora-only", "reft-lora"])
+def test_validation_predicts_the_lora_key_so_a_cached_run_skips_the_skeleton(stories, keyword_data, tmp_path,
+                                                                             mode, monkeypatch):
+    from heft import validate as v
+    from heft.data import data_key
+    from heft.pipeline import run_pipeline
+    from heft.presets import load_run_config
+    cfg = load_run_config(PRESET, [f"artifact_root={tmp_path}/art", f"data.source={keyword_data}", f"mode={mode}",
+                                   "data.holdout_size=40", "data.valid_size=20", "data.max_train=60",
+                                   "model.max_length=32", "lora.epochs=1", "reft.epochs=1"])
+    built, skeleton = [], v.model_skeleton
+    monkeypatch.setattr(v, "model_skeleton", lambda *a: built.append(a) or skeleton(*a))
+    v.validate(cfg)
+    assert len(built) == 1  # nothing cached yet: the LoRA targets are checked on the skeleton
+    out = run_pipeline(cfg)
+    assert v.lora_key(cfg, data_key(cfg.data)) == out["lora"].key
+    v.validate(cfg)
+    assert len(built) == 1  # the finished LoRA artifact stands for the check
