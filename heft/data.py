@@ -103,22 +103,45 @@ def validate_rows(rows: list[dict], where: str, fmt: str) -> list[dict]:
     return clean
 
 
+# Fingerprints by the (path, size, mtime/ETag) of every source file: a run computes the
+# data key several times (validation, the data task, every stage's key), and a grid once
+# per cell; each would otherwise read (or, on S3, download) the whole source again.  A
+# changed file changes its stamp, so an edit is never missed; the key itself is unchanged.
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _stamp(fs, path: str) -> tuple:
+    info = fs.info(path)
+    return (path, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""),
+            str(info.get("ETag") or ""))
+
+
 def _fingerprint(cfg: DataConfig) -> str:
     """Content hash of local/remote files (so edited data invalidates the cache); hub ids by name."""
-    h = hashlib.sha256()
+    sources = []
     for src in filter(None, (cfg.source, cfg.eval_source)):
         if is_hub_id(src):
-            h.update(src.encode())
+            sources.append((src, None, []))
             continue
         fs, path = url_to_fs(src)
         if not fs.exists(path):
             raise DataError(f"data source {src!r} does not exist")
-        files = sorted(fs.find(path)) if fs.isdir(path) else [path]
+        files = [p for p in (sorted(fs.find(path)) if fs.isdir(path) else [path]) if p.endswith((".jsonl", ".json"))]
+        sources.append((src, fs, files))
+    stamps = tuple((src, str(fs.protocol) if fs else "hub", tuple(_stamp(fs, p) for p in files) if fs else ())
+                   for src, fs, files in sources)
+    if stamps in _FINGERPRINTS:
+        return _FINGERPRINTS[stamps]
+    h = hashlib.sha256()
+    for src, fs, files in sources:
+        if fs is None:
+            h.update(src.encode())
+            continue
         for p in files:
-            if p.endswith((".jsonl", ".json")):
-                h.update(p.rsplit("/", 1)[-1].encode())
-                h.update(fs.cat_file(p))
-    return h.hexdigest()[:20]
+            h.update(p.rsplit("/", 1)[-1].encode())
+            h.update(fs.cat_file(p))
+    _FINGERPRINTS[stamps] = h.hexdigest()[:20]
+    return _FINGERPRINTS[stamps]
 
 
 def data_key(cfg: DataConfig) -> str:
