@@ -6,6 +6,7 @@
     heft grid --grid deployments/grids/paper.yaml preset=deployments/stories-boolq.yaml \
         epoch_scale=0.1 seeds=[0,1,2] data.max_train=200     # grid fields, then run overrides
     heft grid --grid deployments/grids/ablation.yaml --list  # print the cells, run nothing
+    heft study --study deployments/study/minilm.yaml         # grids + docs/results.md (flow heft-study)
 """
 from __future__ import annotations
 
@@ -32,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--list", action="store_true", help="print the resolved cells and exit")
     g.add_argument("overrides", nargs="*", help="grid fields (seeds=[0,1], epoch_scale=0.1, preset=...) "
                                                "or run-config overrides (reft.rank=8)")
+    st = sub.add_parser("study", help="run a study's grids and write its results document (flow heft-study)")
+    st.add_argument("--study", default="deployments/study/minilm.yaml", help="study YAML")
+    st.add_argument("--results", default=None, help="results file (default: the study's `results:`)")
+    st.add_argument("--list", action="store_true", help="print every grid's cells and exit")
+    st.add_argument("overrides", nargs="*", help="grid fields or run overrides added to every grid")
     args = parser.parse_args(argv)
     if args.command == "grid":
         return grid_command(args)
+    if args.command == "study":
+        return study_command(args)
     try:
         cfg = load_run_config(args.preset, args.overrides)
     except ConfigError as e:
@@ -67,6 +75,26 @@ def grid_command(args) -> int:
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def study_command(args) -> int:
+    from heft.grid import expand
+    from heft.study import load_study
+    try:
+        spec = load_study(args.study)
+        if args.list:
+            for g in spec.grid_specs(args.overrides):
+                print(f"# grid {g.name}")
+                for c in expand(g):
+                    print(f"{c.run_name:<48} {c.method:<10} epochs={c.epochs}")
+            return 0
+        from flows.study_flow import heft_study
+        out = heft_study(study=args.study, overrides=args.overrides, results=args.results)
+    except ConfigError as e:
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 2
+    print(f"results: {out['results']} (MLflow run {out['mlflow_run_id']}, {out['seconds']:.0f} s)")
     return 0
 
 

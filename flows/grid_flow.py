@@ -20,7 +20,7 @@ from heft.config import ConfigError
 from heft.grid import Cell, GridSpec, effective, expand, load_grid
 from heft.validate import validate
 from heft.report import CellResult, write_report
-from heft.tracking import Tracker
+from heft.tracking import Tracker, experiment_id
 
 DEFAULT_GRID = "deployments/grids/reft-layers.yaml"
 
@@ -49,19 +49,24 @@ def check_cells(cells: list[Cell]) -> None:
 
 @flow(name="heft-grid", log_prints=True)
 def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec: GridSpec | None = None,
-              report_dir: str | None = None) -> dict:
-    """Run a grid (YAML path + overrides, or a typed ``spec``); returns the report rows."""
+              report_dir: str | None = None, mlflow_parent_run_id: str | None = None) -> dict:
+    """Run a grid (YAML path + overrides, or a typed ``spec``); returns the report rows.
+    A study passes its MLflow run id as ``mlflow_parent_run_id`` so the grid nests under it."""
     spec = spec or load_grid(grid, overrides or [])
     cells = expand(spec)
     check_cells(cells)
     print(f"grid {spec.name}: {len(cells)} cells")
     first = cells[0].config
+    study_run = None
+    if mlflow_parent_run_id:
+        study_run = Tracker(first.tracking_uri, experiment_id(first.tracking_uri, first.experiment),
+                            mlflow_parent_run_id)
     grid_run = Tracker.start(first.tracking_uri, first.experiment, run_name=f"grid: {spec.name}",
                              params={"grid.name": spec.name, "grid.preset": spec.preset,
                                      "grid.overrides": " ".join(spec.overrides),
                                      "grid.axes": repr(dict(spec.axes)), "grid.seeds": repr(list(spec.seeds)),
                                      "grid.epoch_scale": spec.epoch_scale, "grid.cells": len(cells)},
-                             tags={"heft.grid": spec.name, "heft.kind": "grid"})
+                             parent=study_run, tags={"heft.grid": spec.name, "heft.kind": "grid"})
     results, stages, started = [], [], time.perf_counter()
     try:
         for i, cell in enumerate(cells, 1):

@@ -90,3 +90,23 @@ def test_prefect_yaml_grid_deployments_point_at_heft_grid():
     assert load_flow_from_entrypoint(grids[0]["entrypoint"]).name == "heft-grid"
     for d in grids:
         assert expand(load_grid(d["parameters"]["grid"]), depth_of=lambda n: 6)
+
+
+def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
+    from heft.study import load_study
+    depth = lambda name: 32 if "Llama" in name else 6
+    big = {g.name: expand(g, depth_of=depth) for g in load_study("deployments/study/llama2-7b.yaml").grid_specs()}
+    cmp = {(c.label, c.seed): c for c in big["study-comparison"]}
+    assert len(cmp) == 21  # 7 cells x 3 seeds
+    heft20 = cmp[("HEFT 20+20", 2)].config
+    assert (heft20.lora.epochs, heft20.reft.epochs, heft20.reft.layer, heft20.reft.rank) == (20, 20, 15, 4)
+    assert (heft20.lora.rank, heft20.lora.alpha, heft20.reft.lr) == (8, 32, 2e-4)
+    assert heft20.model.name == "meta-llama/Llama-2-7b-hf" and heft20.data.source == "google/boolq"
+    assert sorted({c.config.reft.layer for c in big["study-ablation"]}) == [5, 10, 15, 16, 21, 26]
+    small = {g.name: expand(g, depth_of=depth) for g in load_study("deployments/study/minilm.yaml").grid_specs()}
+    scaled = {c.label: c.epochs for c in small["study-comparison"]}
+    assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 7, "reft": 7}
+    assert scaled["LoRA-only 6 (HEFT 3+3's epochs)"] == {"lora": 2}
+    assert {c.config.data.max_train for cs in small.values() for c in cs} == {600}
+    question = small["study-question-only"][0].config
+    assert question.data.format == "question" and question.data.source == "../shared/data/boolq"

@@ -1,0 +1,122 @@
+"""A study: several grids run as one (flow ``heft-study``), analysed into docs/results.md.
+
+A study spec (YAML under deployments/study/) names its grids, the grid fields and run
+overrides applied to every one of them (scale: epoch_scale, data.max_train, or a preset
+for another model), the derived tasks to build first, and the results file:
+
+    name: minilm-boolq
+    grids: [deployments/study/comparison.yaml, deployments/study/ablation.yaml]
+    overrides: [epoch_scale=0.3333333333, data.max_train=600]
+    derived: [{task: passage-match, source: ..., out: .heft/derived/x.jsonl, seed: 0}]
+    results: docs/results.md
+
+``gather`` reads back, from the artifact store, what each finished cell produced (stage
+artifacts, held-out predictions, per-epoch histories): the analysis needs no MLflow and no
+Prefect, only the cache that the grids filled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heft.artifacts import Artifact, ArtifactStore
+from heft.config import ConfigError
+from heft.grid import Cell, GridSpec, expand, load_grid
+from heft.pipeline import FINAL_EVAL, direct_call, key_of, run_pipeline
+from heft.presets import read_preset
+
+STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    grids: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    derived: tuple[dict, ...] = ()
+    results: str = "docs/results.md"
+
+    def __post_init__(self):
+        if not self.name:
+            raise ConfigError("study.name: a study needs a name (it names the MLflow parent run)")
+        if not self.grids:
+            raise ConfigError(f"study {self.name!r}: grids: needs at least one grid YAML")
+        for g in self.grids:
+            if not Path(g).is_file():
+                raise ConfigError(f"study {self.name!r}: grid {g!r} does not exist")
+        for d in self.derived:
+            missing = {"task", "source", "out"} - set(d)
+            if missing:
+                raise ConfigError(f"study {self.name!r}: derived entry {d!r} lacks {sorted(missing)}")
+
+    def grid_specs(self, extra: list[str] = ()) -> list[GridSpec]:
+        return [load_grid(g, list(self.overrides) + list(extra)) for g in self.grids]
+
+
+def load_study(path: str) -> StudySpec:
+    values = read_preset(path)
+    unknown = sorted(set(values) - set(STUDY_FIELDS))
+    if unknown:
+        raise ConfigError(f"study {path!r}: unknown key(s) {unknown} (known: {', '.join(STUDY_FIELDS)})")
+    return StudySpec(name=str(values.get("name", "")), grids=tuple(values.get("grids") or ()),
+                     overrides=tuple(values.get("overrides") or ()),
+                     derived=tuple(values.get("derived") or ()),
+                     results=str(values.get("results") or "docs/results.md"))
+
+
+@dataclass
+class CellData:
+    """One finished cell, read back from the artifact store."""
+    cell: Cell
+    artifacts: dict[str, Artifact]
+    store: ArtifactStore
+    run_id: str = ""
+    _preds: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return self.artifacts["eval:" + FINAL_EVAL[self.cell.method]].metrics["accuracy"]
+
+    def predictions(self, evaluation: str | None = None) -> tuple[list[int], list[int]]:
+        """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final)."""
+        name = "eval:" + (evaluation or FINAL_EVAL[self.cell.method])
+        if name not in self._preds:
+            path = self.store.local_path(self.artifacts[name]) / "predictions.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            rows.sort(key=lambda r: r["index"])
+            self._preds[name] = ([r["pred"] for r in rows], [r["label"] for r in rows])
+        return self._preds[name]
+
+    def history(self, stage: str) -> list[dict]:
+        """Per-epoch metrics of a training stage of this cell ([] if it has none)."""
+        art = self.artifacts.get(stage)
+        if art is None:
+            return []
+        path = self.store.local_path(art) / "history.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+
+def gather(spec: GridSpec, run_ids: dict[str, str] | None = None) -> list[CellData]:
+    """Every cell of a grid that has run, its artifacts looked up (nothing is trained: a
+    missing artifact is an error, since the grid is meant to have just finished)."""
+    out = []
+    for cell in expand(spec):
+        store = ArtifactStore(cell.config.artifact_root)
+        arts = run_pipeline(cell.config, _lookup_only(store))
+        out.append(CellData(cell, arts, store, (run_ids or {}).get(cell.run_name, "")))
+    return out
+
+
+def _lookup_only(store: ArtifactStore):
+    build = direct_call(store)
+
+    def call(stage, cfg, parent):
+        if stage in ("data", "base"):  # data: cached by content key; base: virtual
+            return build(stage, cfg, parent)
+        found = store.find(stage, key_of(stage, cfg, parent))
+        if found is None:
+            raise FileNotFoundError(f"{stage} artifact {key_of(stage, cfg, parent)} is not in {store.root}: "
+                                    "run the study's grids first")
+        return found
+    return call
