@@ -32,7 +32,7 @@ def passage_match(rows: list[dict], seed: int) -> list[dict]:
         while not matched and titles[j] == titles[i]:  # another article's passage
             j = rng.randrange(len(rows))
         out.append({"question": row["question"], "passage": rows[j]["passage"],
-                    "label": int(matched), "title": titles[j]})
+                    "label": matched, "title": titles[j]})
     return out
 
 

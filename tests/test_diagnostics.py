@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from heft.data import validate_rows
 from heft.derived import build, passage_match
 from heft.diagnostics import flips, intruders, mcnemar, paired_seeds, spectrum, updated_weights
 
@@ -77,6 +78,7 @@ def test_passage_match_is_balanced_deterministic_and_mismatches_articles(boolq_v
     source = [json.loads(line) for line in boolq_validation.read_text().splitlines()]
     assert len(rows) == len(source) == 3270
     assert 0.45 < sum(r["label"] for r in rows) / len(rows) < 0.55
+    assert len(validate_rows(rows, str(path), "passage")) == 3270  # the loader takes it as it is
     for r, s in zip(rows, source):
         assert r["question"] == s["question"]
         assert (r["passage"] == s["passage"]) == bool(r["label"])  # negatives come from another article
