@@ -6,7 +6,7 @@ for another model), the derived tasks to build first, and the results file:
 
     name: minilm-boolq
     grids: [deployments/study/comparison.yaml, deployments/study/ablation.yaml]
-    overrides: [epoch_scale=0.3333333333, data.max_train=600]
+    overrides: [epoch_scale=0.25, data.max_train=600]
     derived: [{task: passage-match, source: ..., out: .heft/derived/x.jsonl, seed: 0}]
     results: docs/results.md
 

@@ -105,7 +105,7 @@ def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
     assert sorted({c.config.reft.layer for c in big["study-ablation"]}) == [5, 10, 15, 16, 21]
     small = {g.name: expand(g, depth_of=depth) for g in load_study("deployments/study/minilm.yaml").grid_specs()}
     scaled = {c.label: c.epochs for c in small["study-comparison"]}
-    assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 7, "reft": 7}
+    assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 5, "reft": 5}
     assert scaled["LoRA-only 6 (HEFT 3+3's epochs)"] == {"lora": 2}
     assert {c.config.data.max_train for cs in small.values() for c in cs} == {600}
     question = small["study-question-only"][0].config
