@@ -161,8 +161,9 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
            "one trajectory per seed.", "", "![accuracy vs epochs](results/curves.png)", "",
            "## 4. Sensitivity: ReFT layer, low-rank dimension, positions, LoRA rank", "",
            *acc_table(s["ablation_rows"]), "", "![ablation](results/ablation.png)", ""]
+    out += ["## 5. Other task formats and tasks", ""]
     for title, rows in s["tasks"]:
-        out += [f"## 5. {title}", "", *acc_table(rows), ""]
+        out += [f"### {title}", "", *acc_table(rows), ""]
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",
             "For every LoRA-updated weight W (query and value of every block) and its merged "
             "W' = W + (alpha/r) B A: the top-10 left singular vectors of W' whose largest |cosine| "

@@ -73,6 +73,13 @@ def build(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dict[str, s
              if name not in (main_name, results.ABLATION)]
     verdicts = [f"- **{c['a']} vs {c['b']}** ({c['question']}): {c['mean_diff']:+.2f} points, {c['verdict']}."
                 for c in cmps]
+    majority = rows[0]["majority"]
+    above = [r for r in rows if r["mean"] > majority]
+    best = max(rows, key=lambda r: r["mean"])
+    verdicts.append(f"- Held-out majority rate (always the majority answer): {majority:.2f}%. {len(above)} of "
+                    f"{len(rows)} cells average above it; the best is {best['label']} at {best['mean']:.2f}%. "
+                    "Where no cell clears it, the comparisons above measure how much each method "
+                    "overfits 600 training rows rather than how much it learns.")
     sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "ablation_rows": ablation_rows,
                 "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}
