@@ -103,9 +103,16 @@ def plot_epochs(rows: list[dict], path: Path) -> None:
         ax.plot([x + dx for x in xs], [100 * best[x] for x in xs], color=pts[0].get_color(), lw=1)
     ax.axhline(100 * rows[0]["majority_rate"], color="grey", ls="--", lw=1, label="majority rate")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("total training epochs (LoRA + ReFT)")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("accuracy vs. training epochs")
+    finish(fig, ax, path, "total training epochs (LoRA + ReFT)", "held-out accuracy (%)",
+           "accuracy vs. training epochs")
+
+
+def finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, grid, legend; save the figure and free it (the plots of reports and studies)."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 from heft.analysis import curves, table
+from heft.report import finish
 
 MAIN, ABLATION = "study-comparison", "study-ablation"
 
@@ -46,14 +47,8 @@ def plot_curves(data: dict[str, list[list[float]]], majority: float, path: Path)
         ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.15)
     ax.axhline(majority, color="grey", ls="--", lw=1, label="majority rate")
-    ax.set_xlabel("epochs trained (LoRA epochs, then ReFT epochs)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("accuracy vs. epochs (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    finish(fig, ax, path, "epochs trained (LoRA epochs, then ReFT epochs)", "validation accuracy (%)",
+           "accuracy vs. epochs (mean ± std over seeds)")
 
 
 def plot_bars(rows: list[dict], majority: float, title: str, path: Path) -> None:
