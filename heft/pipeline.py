@@ -10,21 +10,43 @@ from typing import Any, Callable
 
 from heft.artifacts import Artifact, ArtifactStore, stage_key
 from heft.config import RunConfig
-from heft.data import data_key, run_data
-from heft.evaluate import run_evaluate
-from heft.lineage import base_artifact
-from heft.lora import run_lora
-from heft.merge import run_merge
-from heft.reft import run_reft
+from heft.data import data_key
 
-STAGES: dict[str, Callable[..., Artifact]] = {
-    "data": lambda cfg, parent, store, **kw: run_data(cfg, store),
-    "base": lambda cfg, parent, store, **kw: base_artifact(cfg, parent),
-    "lora": run_lora,
-    "merge": lambda cfg, parent, store, **kw: run_merge(cfg, parent, store),
-    "reft": run_reft,
-    "evaluate": lambda cfg, parent, store, **kw: run_evaluate(cfg, parent, store),
-}
+
+# The stage modules import torch, transformers and peft (seconds of start-up); a fully
+# cached rerun needs none of them, so each is imported when its stage first runs.
+def _data(cfg, parent, store, **kw):
+    from heft.data import run_data
+    return run_data(cfg, store)
+
+
+def _base(cfg, parent, store, **kw):
+    from heft.lineage import base_artifact
+    return base_artifact(cfg, parent)
+
+
+def _lora(cfg, parent, store, **kw):
+    from heft.lora import run_lora
+    return run_lora(cfg, parent, store, **kw)
+
+
+def _merge(cfg, parent, store, **kw):
+    from heft.merge import run_merge
+    return run_merge(cfg, parent, store)
+
+
+def _reft(cfg, parent, store, **kw):
+    from heft.reft import run_reft
+    return run_reft(cfg, parent, store, **kw)
+
+
+def _evaluate(cfg, parent, store, **kw):
+    from heft.evaluate import run_evaluate
+    return run_evaluate(cfg, parent, store)
+
+
+STAGES: dict[str, Callable[..., Artifact]] = {"data": _data, "base": _base, "lora": _lora,
+                                              "merge": _merge, "reft": _reft, "evaluate": _evaluate}
 Call = Callable[[str, Any, "Artifact | None"], Artifact]
 # The evaluation that scores what each mode produces (the others are intermediate steps).
 FINAL_EVAL = {"heft": "heft", "lora-only": "merged", "reft-only": "reft", "reft-lora": "reft-lora",
@@ -41,6 +63,13 @@ def trained_epochs(cfg: RunConfig) -> dict[str, int]:
 def key_of(stage: str, cfg: Any, parent: Artifact | None) -> str:
     """The cache key a stage will have, computable before it runs."""
     return data_key(cfg) if stage == "data" else stage_key(stage, cfg, parent.key)
+
+
+def planned_keys(cfg: RunConfig) -> dict[str, tuple[str, str]]:
+    """{output name: (stage, key)} of everything cfg.mode produces, computed ahead by
+    walking the chain with a call that derives each key from its parent's and builds nothing."""
+    return {name: (art.stage, art.key) for name, art in run_pipeline(
+        cfg, lambda stage, c, parent: Artifact(stage, key_of(stage, c, parent), "", {})).items()}
 
 
 def run_stage(stage: str, cfg: Any, parent: Artifact | None, store: ArtifactStore, **kw) -> Artifact:

@@ -13,6 +13,10 @@ what needs the outside world is checked here, cheaply and without writing anythi
   existing folder must take a probe file, a remote root a probe object, each deleted at
   once (no folder is created).
 
+When every artifact of the run is already in the store, the run trains nothing and each
+artifact was checked when it was built, so only the root and the data key are checked:
+a fully cached rerun then never imports torch or transformers (seconds of its wall time).
+
 Every error is a ``ConfigError`` whose message starts with the option and its value.
 """
 from __future__ import annotations
@@ -21,12 +25,10 @@ import os
 import tempfile
 import uuid
 
-from heft import models
-from heft.artifacts import ArtifactStore, stage_key
+from heft.artifacts import ArtifactStore
 from heft.config import ConfigError, RunConfig
-from heft.data import data_key, split_rows
-from heft.pipeline import TRAINS
-from heft.reft import check_reft_config
+from heft.data import split_rows
+from heft.pipeline import TRAINS, planned_keys
 
 
 def model_skeleton(family: str, hf_config):
@@ -68,29 +70,28 @@ def check_artifact_root(root: str) -> ArtifactStore:
     return store
 
 
-def lora_key(cfg: RunConfig, data: str) -> str:
-    """The key the run's LoRA stage will have (heft.pipeline's chain, computed ahead)."""
-    parent = stage_key("base", cfg.model, data)
-    if cfg.mode == "reft-lora":
-        parent = stage_key("reft", cfg.reft, parent)
-    return stage_key("lora", cfg.lora, parent)
-
-
 def validate(cfg: RunConfig) -> dict:
     """Check everything that can be checked cheaply before any training starts; write nothing.
-    Returns {'family', 'depth', 'hidden_size'}."""
+    Returns {'family', 'depth', 'hidden_size'}, or {'cached': n} when all n artifacts of the
+    run are already built."""
+    store = check_artifact_root(cfg.artifact_root)
+    # the keys of every stage, data first: its content key also checks the sources exist
+    planned = [(stage, key) for stage, key in planned_keys(cfg).values() if stage != "base"]
+    missing = {stage for stage, key in planned if store.find(stage, key) is None}
+    if not missing:
+        return {"cached": len(planned)}
+    from heft import models  # torch and transformers: only when something will be built
+    from heft.reft import check_reft_config
     hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
     family = models.family_of(cfg.model, hf_config)
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
     if "reft" in TRAINS[cfg.mode]:
         check_reft_config(cfg.reft, depth, hidden)
-    store = check_artifact_root(cfg.artifact_root)
-    data = data_key(cfg.data)  # the key also checks the sources exist
     # the module-name check builds the model skeleton (about a second on a 6-block model);
     # a finished LoRA artifact for this very config proves the targets matched
-    if "lora" in TRAINS[cfg.mode] and store.find("lora", lora_key(cfg, data)) is None:
+    if "lora" in missing:
         from heft.lora import target_modules
         target_modules(cfg.lora, model_skeleton(family, hf_config))
-    if store.find("data", data) is None:
+    if "data" in missing:
         split_rows(cfg.data)
     return {"family": family, "depth": depth, "hidden_size": hidden}

@@ -100,20 +100,30 @@ def test_malformed_preset_names_the_file(where):
 
 
 @pytest.mark.parametrize("mode", ["lora-only", "reft-lora"])
-def test_validation_predicts_the_lora_key_so_a_cached_run_skips_the_skeleton(stories, keyword_data, tmp_path,
-                                                                             mode, monkeypatch):
+def test_validation_skips_what_finished_artifacts_prove(stories, keyword_data, tmp_path, mode, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
     from heft import validate as v
-    from heft.data import data_key
-    from heft.pipeline import run_pipeline
+    from heft.pipeline import FINAL_EVAL, planned_keys, run_pipeline
     from heft.presets import load_run_config
-    cfg = load_run_config(PRESET, [f"artifact_root={tmp_path}/art", f"data.source={keyword_data}", f"mode={mode}",
-                                   "data.holdout_size=40", "data.valid_size=20", "data.max_train=60",
-                                   "model.max_length=32", "lora.epochs=1", "reft.epochs=1"])
+    overrides = [f"artifact_root={tmp_path}/art", f"data.source={keyword_data}", f"mode={mode}",
+                 "data.holdout_size=40", "data.valid_size=20", "data.max_train=60",
+                 "model.max_length=32", "lora.epochs=1", "reft.epochs=1"]
+    cfg = load_run_config(PRESET, overrides)
     built, skeleton = [], v.model_skeleton
     monkeypatch.setattr(v, "model_skeleton", lambda *a: built.append(a) or skeleton(*a))
-    v.validate(cfg)
+    assert v.validate(cfg)["depth"] > 0
     assert len(built) == 1  # nothing cached yet: the LoRA targets are checked on the skeleton
     out = run_pipeline(cfg)
-    assert v.lora_key(cfg, data_key(cfg.data)) == out["lora"].key
-    v.validate(cfg)
-    assert len(built) == 1  # the finished LoRA artifact stands for the check
+    assert planned_keys(cfg) == {name: (art.stage, art.key) for name, art in out.items()}
+    assert v.validate(cfg) == {"cached": len(out) - 1}  # every stage but the virtual base
+    # ... and a fully cached check imports neither torch nor transformers
+    probe = ("import sys; from heft.presets import load_run_config; from heft.validate import validate; "
+             f"print(validate(load_run_config({PRESET!r}, {overrides!r})), "
+             "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == f"{{'cached': {len(out) - 1}}} []"
+    shutil.rmtree(out[f"eval:{FINAL_EVAL[mode]}"].uri)  # something to build: the model is checked,
+    assert v.validate(cfg)["depth"] > 0
+    assert len(built) == 1  # but the finished LoRA artifact still stands for the module-name check
