@@ -9,6 +9,7 @@ the stage was reused from the cache.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,32 @@ from heft.config import flat_params
 PARENT_TAG = "mlflow.parentRunId"
 
 
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def _client(uri: str):
-    from mlflow import MlflowClient
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    """One client per store and process, its store opened on creation (a new sqlite file is
+    created and migrated here).  Building one costs tens of ms and a pipeline logs through
+    dozens of calls; the lock keeps tasks logging from threads from opening the same new
+    store twice at once (both would try to create its tables)."""
+    with _CLIENTS_LOCK:
+        if uri not in _CLIENTS:
+            from mlflow import MlflowClient
+            if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            _CLIENTS[uri] = client
+        return _CLIENTS[uri]
+
+
+def open_existing_store(uri: str) -> None:
+    """Open a sqlite store now if its file exists (opening it then writes nothing); the CLI
+    calls this while Prefect's temporary server boots.  Other stores open on first use, so a
+    refused config never creates a database or waits on an unreachable server."""
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_file():
+        _client(uri)
 
 
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
