@@ -29,7 +29,10 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     if config is None:
         config = load_run_config(preset or DEFAULT_PRESET, overrides or [])
     info = validate(config)  # bad model/layer/rank/data/root fail here, before any training
-    print(f"validated: {config.model.name} ({info['family']}, {info['depth']} blocks), mode={config.mode}")
+    if "cached" in info:
+        print(f"validated: all {info['cached']} artifacts of this {config.mode} run are already built")
+    else:
+        print(f"validated: {config.model.name} ({info['family']}, {info['depth']} blocks), mode={config.mode}")
     store = ArtifactStore(config.artifact_root)
     grid_run = None
     if mlflow_parent_run_id:

@@ -1,0 +1,40 @@
+"""`heft run` as the user runs it, in fresh processes with Prefect's temporary server: the
+rerun reports every stage task Cached, gives the same results, and never imports torch,
+transformers or peft (what keeps a cached rerun to seconds; see docs/benchmarks.md)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def heft_run(overrides: list[str], env: dict, *python_flags: str) -> tuple[dict, list[str], str]:
+    """(printed results, stage task states, stderr) of one `python -m flows run`."""
+    proc = subprocess.run([sys.executable, *python_flags, "-m", "flows", "run", "--preset",
+                           "deployments/stories-boolq.yaml", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout[proc.stdout.index("{\n"):])  # the CLI prints the results last
+    states = re.findall(r"\b(?:data|base|lora|merge|reft|evaluate) [0-9a-f]{20} (\w+) \(", proc.stdout + proc.stderr)
+    return results, states, proc.stderr
+
+
+def test_cli_rerun_is_cached_and_imports_no_torch(stories, keyword_data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary server
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), TQDM_DISABLE="1")
+    overrides = [f"artifact_root={tmp_path}/art", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                 f"model.name={stories}", f"data.source={keyword_data}", "data.holdout_size=40",
+                 "data.valid_size=20", "data.max_train=60", "model.max_length=32", "lora.epochs=1", "reft.epochs=1"]
+    first, first_states, _ = heft_run(overrides, env)
+    assert first_states == ["Completed"] * 8 and set(first) == {"lora", "merged", "heft"}
+    again, states, stderr = heft_run(overrides, env, "-X", "importtime")
+    assert states == ["Cached"] * 8
+    assert again == first
+    imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "prefect" in imported and "mlflow" in imported  # the check sees real imports
+    assert not {"torch", "transformers", "peft", "pyreft"} & imported
