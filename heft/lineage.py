@@ -89,7 +89,7 @@ class StageInputs:
         """The chain's LoReFT intervention (eval mode), or None."""
         if (folder := self.optional("intervention")) is None:
             return None
-        iv = Intervention.load(Path(folder), dtype=models.DTYPES[self.model_cfg.dtype])
+        iv = Intervention.load(Path(folder))
         iv.loreft.to(models.device())
         return iv
 

@@ -15,6 +15,13 @@ Numerics: R is orthonormal only as long as its *parametrisation* is left alone b
 optimizer's decay.  AdamW's decoupled weight decay shrinks the unconstrained tensor
 behind the householder map; with torch 2.13 one step at weight_decay=0.01 turns R into
 zeros and every gradient into exactly 0, silently.  So R is trained with weight_decay=0.
+
+Precision: the intervention is float32 whatever the model's dtype (as pyreft keeps its
+rotation in float32).  Measured on a bf16 model: torch has no bf16 ``orgqr`` (the
+householder product behind the orthogonal parametrisation), so a bf16 LoReFT cannot even
+be built; and AdamW steps of lr 2e-4 on weights of ~1/sqrt(d) are 1-2 bf16 ulps, rounded
+away or doubled.  At rank 4 the float32 copy is 2 x 4 x d numbers; the block output is cast
+up for the intervention and the result cast back to the model's dtype.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ class LowRankRotate(nn.Module):
 
 
 class LoReFT(nn.Module):
-    def __init__(self, embed_dim: int, rank: int, dropout: float = 0.0, dtype=torch.float32):
+    def __init__(self, embed_dim: int, rank: int, dropout: float = 0.0):
         super().__init__()
         if not 1 <= rank <= embed_dim:
             raise ValueError(f"reft.rank={rank}: must be in [1, hidden size {embed_dim}]")
@@ -50,7 +57,6 @@ class LoReFT(nn.Module):
         self.rotate_layer = nn.utils.parametrizations.orthogonal(LowRankRotate(embed_dim, rank))
         self.learned_source = nn.Linear(embed_dim, rank)
         self.dropout = nn.Dropout(dropout)
-        self.to(dtype)
 
     @property
     def R(self) -> torch.Tensor:
@@ -143,10 +149,9 @@ class Intervention:
             "dtype": str(self.loreft.R.dtype).removeprefix("torch.")}, indent=2))
 
     @classmethod
-    def load(cls, folder: Path, dtype=None) -> "Intervention":
+    def load(cls, folder: Path) -> "Intervention":
         spec = json.loads((folder / "intervention.json").read_text())
         state = load_file(str(folder / "intervention.safetensors"))
-        dtype = dtype or getattr(torch, spec["dtype"])
-        loreft = LoReFT(spec["embed_dim"], spec["low_rank_dimension"], dtype=dtype)
-        loreft.load_pyreft_state(state)
+        loreft = LoReFT(spec["embed_dim"], spec["low_rank_dimension"])
+        loreft.load_pyreft_state({k: v.float() for k, v in state.items()})  # float32: see the module doc
         return cls(loreft.eval(), spec["layer"], spec["positions"])

@@ -52,8 +52,8 @@ def run_reft(cfg: ReftConfig, parent: Artifact, store: ArtifactStore,
     model = inputs.load_weights(cfg.seed)
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout,
-                    dtype=models.DTYPES[inputs.model_cfg.dtype]).to(models.device())
+    # float32 on any model dtype (heft/loreft.py: no bf16 orgqr, bf16 steps rounded away)
+    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout).to(models.device())
     intervention = Intervention(loreft, cfg.layer, cfg.positions)
     groups = [{"params": list(loreft.parameters())}]
     head = head_parameters(model) if inputs.family == "seq-cls" and cfg.train_head else {}
