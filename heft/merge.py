@@ -2,8 +2,16 @@
 
 ``merge_and_unload(safe_merge=True)`` computes W + (alpha/r) B A into a copy and
 refuses NaN/inf before replacing W.  We also check that the merged model scores a
-validation batch like base + adapter did (float32: agreement to ~1e-5), and record
-the largest difference in the artifact's metrics.
+validation batch like base + adapter did, and record the largest difference in the
+artifact's metrics.
+
+The check is relative to the scores' scale, max(1, max|score|): the adapter path adds a
+float32 LoRA product to a low-precision base matmul, the merged path rounds W + dW once to
+the weights' dtype, so in bf16 the two differ by rounding that grows with the logits.
+Measured (largest change / scale): stories260K float32 4e-7, bfloat16 0.8-1.9%, float16
+0.1%; MiniLM bfloat16 0.2%.  The LoRA update itself moved the same scores by 59% (stories)
+and 23% (MiniLM) of the scale: a merge that dropped or mis-scaled it is off by that much,
+far above the tolerances below, while the predictions agreed in every measured case.
 """
 from __future__ import annotations
 
@@ -16,7 +24,8 @@ from heft.config import MergeConfig
 from heft.evaluate import load_for_eval
 from heft.lineage import StageInputs, artifact_ref
 
-TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
+# largest score change allowed, as a fraction of max(1, max|score|)
+TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
 
@@ -40,13 +49,16 @@ def run_merge(cfg: MergeConfig, parent: Artifact, store: ArtifactStore) -> Artif
         merged = peft_model.merge_and_unload(safe_merge=cfg.safe_merge)
         after = score(merged)
     diff = float((before - after).abs().max())
-    if diff > TOLERANCE[inputs.model_cfg.dtype]:
-        raise FloatingPointError(f"merge changed the model's scores by {diff:.3g} "
-                                 f"(> {TOLERANCE[inputs.model_cfg.dtype]}); refusing to save")
+    relative = diff / max(1.0, float(before.abs().max()))
+    dtype = inputs.model_cfg.dtype
+    if relative > TOLERANCE[dtype]:
+        raise FloatingPointError(f"merge changed the model's scores by {diff:.3g} ({relative:.2%} of their "
+                                 f"scale; {dtype} allows {TOLERANCE[dtype]:.2%}); refusing to save")
     with store.build("merge", key) as tmp:
         merged.save_pretrained(str(tmp / "model"), safe_serialization=True)
         tok.save_pretrained(str(tmp / "model"))
         ref = artifact_ref("merge", key)
-        return store.publish(tmp, "merge", key, cfg, parent, {"merge_max_abs_diff": diff},
+        return store.publish(tmp, "merge", key, cfg, parent, {"merge_max_abs_diff": diff,
+                                                                      "merge_rel_diff": relative},
                              lineage={"weights": ref + "/model", "tokenizer": ref + "/model",
                                       "adapter": None, "head": None})  # both now in the weights
