@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from contextlib import contextmanager
 
 import yaml
 
+from flows.prefect_server import prefect_api
 from heft.config import ConfigError
 from heft.presets import DEFAULT_PRESET, load_run_config, to_dict
 from heft.tracking import open_existing_store
@@ -25,41 +25,17 @@ from heft.tracking import open_existing_store
 
 @contextmanager
 def services_starting(tracking_uri: str | None = None):
-    """Start Prefect's temporary server and import MLflow at the same time.
-
-    Without PREFECT_API_URL, a flow's first API call starts Prefect's temporary server and
-    waits for it: about 3 s importing the server's modules, then about 4 s idle while the
-    server process boots.  Started here from a thread, that idle time takes MLflow's import
-    (about 2 s), the opening of an existing sqlite store (about 1 s) and the flow module's
-    import (run by the caller inside the block);
-    the thread is joined before the block ends, so the flow finds the server answering.
-    Prefect keeps one temporary server per process (``SubprocessASGIServer`` is a singleton,
-    the one its ``get_client`` uses); should this start fail, the flow's own start retries
-    it and reports the error."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    def start_server():
+    """Boot Prefect's temporary API server (flows/prefect_server.py) while this process
+    imports MLflow and opens an existing store (about 3 s); the caller imports the flow
+    module inside the block too, then runs the flow inside the yielded ``serve()``."""
+    with prefect_api() as serve:
         try:
-            from prefect.server.api.server import SubprocessASGIServer
-            SubprocessASGIServer().start()
-        except Exception:  # noqa: BLE001 - the flow's own start reports it
-            pass
-
-    thread = None
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        thread = threading.Thread(target=start_server, name="heft-prefect-server", daemon=True)
-        thread.start()
-    try:
-        import mlflow  # noqa: F401 - imported now, used by heft.tracking in the flow
-        try:
+            import mlflow  # noqa: F401 - imported now, used by heft.tracking in the flow
             if tracking_uri:
                 open_existing_store(tracking_uri)
         except Exception:  # noqa: BLE001 - the flow's own first call reports it, in context
             pass
-        yield
-    finally:
-        if thread is not None:
-            thread.join()
+        yield serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    with services_starting(cfg.tracking_uri):
+    with services_starting(cfg.tracking_uri) as serve:
         from flows.heft_flow import heft  # Prefect import only when running
-    try:
-        result = heft(cfg)
-    except ConfigError as e:
-        print(f"heft: error: {e}", file=sys.stderr)
-        return 2
+        try:
+            with serve():
+                result = heft(cfg)
+        except ConfigError as e:
+            print(f"heft: error: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(result["results"], indent=2))
     return 0
 
@@ -113,9 +90,10 @@ def grid_command(args) -> int:
             for c in cells:
                 print(f"{c.run_name:<40} {c.method:<10} epochs={c.epochs} {c.settings}")
             return 0
-        with services_starting(cells[0].config.tracking_uri):
+        with services_starting(cells[0].config.tracking_uri) as serve:
             from flows.grid_flow import heft_grid
-        heft_grid(spec=spec)
+            with serve():
+                heft_grid(spec=spec)
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
@@ -133,9 +111,10 @@ def study_command(args) -> int:
                 for c in expand(g):
                     print(f"{c.run_name:<48} {c.method:<10} epochs={c.epochs}")
             return 0
-        with services_starting():
+        with services_starting() as serve:
             from flows.study_flow import heft_study
-        out = heft_study(study=args.study, overrides=args.overrides, results=args.results)
+            with serve():
+                out = heft_study(study=args.study, overrides=args.overrides, results=args.results)
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
