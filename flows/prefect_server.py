@@ -7,9 +7,10 @@ a uvicorn child that imports them again, and the import holds the GIL that the C
 imports need.  Here the same child (Prefect's command line and environment for it, pinned
 with prefect==3.8.8) is spawned at once, boots on the other core while this process imports
 MLflow and the flow, and the flow is then pointed at it with ``temporary_settings``.
-Measured by bench/cached_rerun.py: a fully cached ``make demo`` rerun 15.6 s -> see
-docs/benchmarks.md section 4.  Anything that goes wrong here falls back to Prefect's own
-start (the flow then starts the server as usual, and reports its errors).
+Measured (docs/benchmarks.md section 4, ``bench/cached_rerun.py --compare-server``): a
+fully cached ``make demo`` rerun 15.6 s -> 10.5 s.  Anything that goes wrong here falls
+back to Prefect's own start (the flow then starts the server as usual and reports its
+errors); ``HEFT_TEMPORARY_SERVER=prefect`` asks for Prefect's own start outright.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def prefect_api():
                                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, PREFECT_UI_URL,
                                   temporary_settings)
     server = None
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    own_start = os.environ.get("HEFT_TEMPORARY_SERVER", "heft") == "prefect"
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value() and not own_start:
         try:
             server = TemporaryServer()
         except Exception:  # noqa: BLE001 - Prefect's own start takes over
