@@ -53,6 +53,22 @@ def keyword_data(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def keyword_config(stories, keyword_data):
+    """``keyword_config(root, **fields)``: a RunConfig that learns the keyword task on
+    stories260K (LoRA, HEFT and ReFT-only all above 85% when the trainers work)."""
+    from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
+
+    def build(root, model: dict | None = None, **fields):
+        return RunConfig(**{
+            "model": ModelConfig(name=str(stories), max_length=64, **(model or {})),
+            "data": DataConfig(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240),
+            "lora": LoraConfig(epochs=3, lr=3e-3, batch_size=16),
+            "reft": ReftConfig(epochs=3, lr=1e-2, layer=3, batch_size=16),
+            "artifact_root": str(root), **fields})
+    return build
+
+
 @pytest.fixture(scope="module")
 def harness():
     """A throw-away Prefect server and database for the flow tests of one module."""

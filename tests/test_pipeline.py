@@ -9,20 +9,9 @@ from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConf
 from heft.pipeline import run_pipeline
 
 
-def keyword_run(stories, keyword_data, root, **kw):
-    base = dict(model=ModelConfig(name=str(stories), max_length=64),
-                data=DataConfig(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240),
-                lora=LoraConfig(epochs=3, lr=3e-3, batch_size=16),
-                reft=ReftConfig(epochs=3, lr=1e-2, layer=3, batch_size=16),
-                artifact_root=str(root))
-    base.update(kw)
-    return RunConfig(**base)
-
-
 @pytest.fixture(scope="module")
-def heft_run(stories, keyword_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("art")
-    cfg = keyword_run(stories, keyword_data, root)
+def heft_run(keyword_config, tmp_path_factory):
+    cfg = keyword_config(tmp_path_factory.mktemp("art"))
     return cfg, run_pipeline(cfg)
 
 
@@ -65,9 +54,9 @@ def test_rerun_reuses_and_layer_change_reruns_only_reft(heft_run):
     assert moved["reft"].meta["config"]["layer"] == 2
 
 
-def test_reft_only_then_reverse_order_reft_lora(stories, keyword_data, tmp_path):
+def test_reft_only_then_reverse_order_reft_lora(keyword_config, tmp_path):
     import dataclasses
-    cfg = keyword_run(stories, keyword_data, tmp_path, mode="reft-only")
+    cfg = keyword_config(tmp_path, mode="reft-only")
     out = run_pipeline(cfg)
     assert set(out) == {"data", "base", "reft", "eval:reft"}
     assert out["reft"].parent_key == out["base"].key
@@ -85,8 +74,8 @@ def test_reft_only_then_reverse_order_reft_lora(stories, keyword_data, tmp_path)
                for a, b in zip(read("eval:reft"), read("eval:reft-lora"))) > 1e-3  # LoRA changed it
 
 
-def test_base_mode_evaluates_untrained_model(stories, keyword_data, tmp_path):
-    out = run_pipeline(keyword_run(stories, keyword_data, tmp_path, mode="base"))
+def test_base_mode_evaluates_untrained_model(keyword_config, tmp_path):
+    out = run_pipeline(keyword_config(tmp_path, mode="base"))
     assert set(out) == {"data", "base", "eval:base"}
     assert out["eval:base"].metrics["accuracy"] < 0.7  # an untrained model does not know the keyword
 

@@ -14,7 +14,6 @@ from safetensors import safe_open
 
 from heft import models
 from heft.artifacts import ArtifactStore
-from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
 from heft.pipeline import run_pipeline
 
 
@@ -23,12 +22,8 @@ def dtypes(path) -> set[str]:
         return {str(f.get_slice(k).get_dtype()).lower() for k in f.keys()}
 
 
-def run_bf16_chain(stories, keyword_data, root) -> None:
-    cfg = RunConfig(model=ModelConfig(name=str(stories), max_length=64, dtype="bfloat16"),
-                    data=DataConfig(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240),
-                    lora=LoraConfig(epochs=3, lr=3e-3, batch_size=16),
-                    reft=ReftConfig(epochs=3, lr=1e-2, layer=3, batch_size=16),
-                    artifact_root=str(root))
+def run_bf16_chain(keyword_config, root) -> None:
+    cfg = keyword_config(root, model={"dtype": "bfloat16"})  # tests/test_pipeline.py's task, in bf16
     out = run_pipeline(cfg)
     store = ArtifactStore(cfg.artifact_root)
     path = lambda name, *rel: store.local_path(out[name]).joinpath(*rel)
@@ -45,15 +40,15 @@ def run_bf16_chain(stories, keyword_data, root) -> None:
     assert out["reft"].metrics["intervention_mean_abs_score_change"] > 1e-3
 
 
-def test_heft_chain_in_bfloat16(stories, keyword_data, tmp_path):
-    run_bf16_chain(stories, keyword_data, tmp_path)
+def test_heft_chain_in_bfloat16(keyword_config, tmp_path):
+    run_bf16_chain(keyword_config, tmp_path)
 
 
 @pytest.mark.gpu
-def test_heft_chain_in_bfloat16_on_cuda(stories, keyword_data, tmp_path):
+def test_heft_chain_in_bfloat16_on_cuda(keyword_config, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     assert models.device().type == "cuda"
     torch.cuda.reset_peak_memory_stats()
-    run_bf16_chain(stories, keyword_data, tmp_path)
+    run_bf16_chain(keyword_config, tmp_path)
     assert torch.cuda.max_memory_allocated() > 0  # the stages really ran on the GPU
