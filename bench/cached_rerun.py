@@ -63,9 +63,9 @@ def main() -> None:
     if not args.root:
         first, states = timed_run(args.preset, overrides)
         print(f"first run: {first:.1f} s, stage tasks {states}")
-    starts = {"heft": None, "prefect": {**os.environ, "HEFT_TEMPORARY_SERVER": "prefect"}}
-    if not args.compare_server:
-        starts.pop("prefect")
+    starts = {"heft": None}  # run environment per server start (None: this one)
+    if args.compare_server:
+        starts["prefect"] = {**os.environ, "HEFT_TEMPORARY_SERVER": "prefect"}
     walls: dict[str, list[float]] = {name: [] for name in starts}
     for i in range(args.reruns):
         for name, run_env in starts.items():

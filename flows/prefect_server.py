@@ -84,8 +84,8 @@ def prefect_api():
     if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value() and not own_start:
         try:
             server = TemporaryServer()
-        except Exception:  # noqa: BLE001 - Prefect's own start takes over
-            server = None
+        except Exception:  # noqa: BLE001 - server stays None: Prefect's own start takes over
+            pass
 
     def serve():
         if server is None or not server.wait(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()):
