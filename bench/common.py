@@ -12,11 +12,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heft.artifacts import Artifact, ArtifactStore  # noqa: E402
-from heft.batching import Encoded  # noqa: E402
-from heft.lineage import StageInputs  # noqa: E402
-from heft.pipeline import run_stage  # noqa: E402
+from heft.data.batching import Encoded  # noqa: E402
+from heft.plan import plan  # noqa: E402
 from heft.presets import load_run_config  # noqa: E402
+from heft.stages import run_step  # noqa: E402
+from heft.stages.inputs import StageInputs  # noqa: E402
+from heft.store.artifacts import Artifact, ArtifactStore  # noqa: E402
 
 
 @dataclass
@@ -35,7 +36,8 @@ def prepare(preset: str, overrides: list[str]) -> Setup:
     work = Path(tempfile.mkdtemp(prefix="heft-bench-"))
     cfg = load_run_config(preset, [f"artifact_root={work}/art", *overrides])
     store = ArtifactStore(cfg.artifact_root)
-    base = run_stage("base", cfg.model, run_stage("data", cfg.data, None, store), store)
+    steps = plan(cfg)
+    base = run_step(steps["base"], run_step(steps["data"], None, store), store)
     inputs = StageInputs.of(base, store)
     tok = inputs.tokenizer()
     enc = inputs.encoded("train", tok)

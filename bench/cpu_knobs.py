@@ -76,7 +76,8 @@ def main() -> None:
             torch.set_num_threads(n)
             threads[n].append(bare_epoch(s.inputs, s.tok, s.enc, s.cfg.lora))
     torch.set_num_threads(cores)
-    print(f"1. threads ({cores} cores, torch default {torch.get_num_threads()}), one LoRA epoch of {len(s.enc)} rows:")
+    print(f"1. threads ({cores} cores, torch default {torch.get_num_threads()}), "
+          f"one LoRA epoch of {len(s.enc)} rows:")
     for n, t in threads.items():
         print(f"   {n} thread(s): median {statistics.median(t):6.2f} s  "
               f"speed-up vs 1 thread {statistics.median(threads.get(1, t)) / statistics.median(t):.2f}x")
@@ -89,10 +90,14 @@ def main() -> None:
     print("2. gradient checkpointing, one LoRA epoch per process:")
     for name, runs in variants.items():
         print(f"   {name:<14} median {statistics.median(r['seconds'] for r in runs):6.2f} s  "
-              f"peak RSS {max(r['peak_mb'] for r in runs):7.0f} MB (before the epoch {max(r['before_mb'] for r in runs):.0f} MB)")
+              f"peak RSS {max(r['peak_mb'] for r in runs):7.0f} MB "
+              f"(before the epoch {max(r['before_mb'] for r in runs):.0f} MB)")
     p, c = variants["plain"], variants["checkpointing"]
-    print(f"   checkpointing / plain: time x{statistics.median(r['seconds'] for r in c) / statistics.median(r['seconds'] for r in p):.2f}, "
-          f"training memory (peak - loaded) x{statistics.median(r['peak_mb'] - r['before_mb'] for r in c) / statistics.median(r['peak_mb'] - r['before_mb'] for r in p):.2f}")
+    time_x = statistics.median(r["seconds"] for r in c) / statistics.median(r["seconds"] for r in p)
+    memory_x = (statistics.median(r["peak_mb"] - r["before_mb"] for r in c)
+                / statistics.median(r["peak_mb"] - r["before_mb"] for r in p))
+    print(f"   checkpointing / plain: time x{time_x:.2f}, "
+          f"training memory (peak - loaded) x{memory_x:.2f}")
     tok_s = []
     for _ in range(args.reps):
         t0 = time.perf_counter()

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="deployments/grids/reft-layers.yaml")
     parser.add_argument("--work", default="", help="folder for roots and stores (default: a temp dir)")
     parser.add_argument("overrides", nargs="*", help="grid fields or run-config overrides, as `heft grid`")
@@ -36,12 +37,13 @@ def main() -> None:
 
     from flows.grid_flow import heft_grid
     from flows.heft_flow import heft
-    from heft.grid import expand, load_grid
+    from heft.study.grid import expand, load_grid
 
     store = [f"artifact_root={work}/grid-root", f"tracking_uri=sqlite:///{work}/mlflow.db"]
     spec = load_grid(args.grid, list(args.overrides) + store)
     cells = expand(spec)
-    print(f"grid {spec.name}: {len(cells)} cells on {cells[0].config.model.name}; work dir {work}", flush=True)
+    print(f"grid {spec.name}: {len(cells)} cells on {cells[0].config.model.name}; work dir {work}",
+          flush=True)
 
     from prefect import flow
     flow(name="bench-warmup")(lambda: None)()  # start the temporary Prefect server before timing

@@ -7,7 +7,7 @@
 No hub access is needed: the model is built from a config with random weights, at the
 shape of a real architecture (``1b`` = TinyLlama-1.1B: 22 blocks, d=2048, GQA 32/4 heads,
 SwiGLU 5632, vocab 32000), in bf16 with SDPA attention, and wrapped in peft LoRA exactly as
-heft/lora.py does (rank 8, alpha 32, q/k/v/o).  The loop is heft's own ``train`` (tqdm,
+heft/stages/lora.py does (rank 8, alpha 32, q/k/v/o).  The loop is heft's own ``train`` (tqdm,
 per-step finiteness check, clipping, AdamW, schedule) on synthetic rows of ``--seq`` tokens;
 random weights change nothing about the throughput.
 
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from heft.batching import Encoded  # noqa: E402
+from heft.data.batching import Encoded  # noqa: E402
 from heft.config import LoraConfig  # noqa: E402
-from heft.training import train  # noqa: E402
+from heft.modeling.training import train  # noqa: E402
 
 SIZES = {  # LlamaConfig fields
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -85,7 +85,8 @@ def main() -> None:
                    if ".layers." in n and p.dim() == 2 and "lora_" not in n)
     rows = args.batch * args.steps
     rng = random.Random(0)
-    enc = Encoded(input_ids=[[rng.randrange(3, mcfg.vocab_size) for _ in range(args.seq)] for _ in range(rows)],
+    enc = Encoded(input_ids=[[rng.randrange(3, mcfg.vocab_size) for _ in range(args.seq)]
+                             for _ in range(rows)],
                   token_type_ids=None, labels=[rng.randrange(2) for _ in range(rows)])
     empty = Encoded([], None, [])
     # epoch 1 warms up (kernel selection, allocator); epoch 2 is timed by train() itself
@@ -105,15 +106,17 @@ def main() -> None:
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
     print(f"device: {name}; model: Llama-style {args.size}, {n_matmul / 1e9:.3f}B block matmul params, "
           f"{sum(p.numel() for _, p in named) / 1e6:.2f}M trainable (LoRA r=8 q/k/v/o), {dtype}")
-    print(f"batch {args.batch} x {args.seq} tokens, {args.steps} steps timed (epoch 2; both epochs {wall:.1f} s)")
+    print(f"batch {args.batch} x {args.seq} tokens, {args.steps} steps timed "
+          f"(epoch 2; both epochs {wall:.1f} s)")
+    achieved_6n = tokens_per_s * (6 * n_matmul + 12 * n_layers * L * d) / 1e12
     print(f"step {seconds / args.steps * 1000:.1f} ms, {tokens_per_s:,.0f} tokens/s, "
-          f"{achieved:.3g} TFLOP/s by 4N+12nLd ({tokens_per_s * (6 * n_matmul + 12 * n_layers * L * d) / 1e12:.3g} "
+          f"{achieved:.3g} TFLOP/s by 4N+12nLd ({achieved_6n:.3g} "
           f"by the 6N convention)")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     if peak:
         print(f"MFU {achieved / peak:.1%} of {peak:.0f} TFLOP/s bf16 dense "
-              f"({tokens_per_s * (6 * n_matmul + 12 * n_layers * L * d) / 1e12 / peak:.1%} by the 6N convention)")
+              f"({achieved_6n / peak:.1%} by the 6N convention)")
     else:
         print("MFU: no bf16 peak known for this device (pass --peak-tflops)")
 

@@ -27,18 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from common import prepare, ratios  # noqa: E402
 
-from heft import models  # noqa: E402
-from heft.batching import collate, to_device, train_batches  # noqa: E402
-from heft.checkpoints import EpochCheckpoints  # noqa: E402
-from heft.lineage import StageInputs  # noqa: E402
+from heft.modeling import models  # noqa: E402
+from heft.data.batching import collate, to_device, train_batches  # noqa: E402
+from heft.store.checkpoints import EpochCheckpoints  # noqa: E402
+from heft.stages.inputs import StageInputs  # noqa: E402
 from heft.tracking import Tracker  # noqa: E402
-from heft.training import lr_lambda, train  # noqa: E402
+from heft.modeling.training import lr_lambda, train  # noqa: E402
 
 
 def fresh_model(inputs: StageInputs, cfg):
-    """The LoRA stage's model: base weights, head, peft adapter (as heft/lora.py builds it)."""
+    """The LoRA stage's model: base weights, head, peft adapter (as heft/stages/lora.py builds it)."""
     from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
-    from heft.lora import target_modules
+    from heft.stages.lora import target_modules
     model = inputs.load_weights(cfg.seed)
     inputs.load_head(model)
     causal = inputs.family == "causal-lm"
@@ -80,8 +80,8 @@ def heft_epoch(inputs, tok, enc, empty, cfg, store, parent, tracker) -> float:
     start = time.perf_counter()
     train(model, [{"params": [p for _, p in named]}], enc, empty, cfg, family=inputs.family,
           pooling=inputs.model_cfg.pooling, answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
-          desc="lora", on_epoch=tracker.epoch_logger(), checkpoints=EpochCheckpoints(store, "lora", cfg, parent),
-          state=dict(named))
+          desc="lora", progress=tracker.progress(),
+          checkpoints=EpochCheckpoints(store, "lora", cfg, parent.key), state=dict(named))
     return time.perf_counter() - start
 
 
@@ -92,7 +92,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     env = prepare(args.preset, [f"data.max_train={args.rows}", "data.valid_size=16", "lora.epochs=1"])
-    cfg, store, base, inputs, tok, enc, empty = env.cfg, env.store, env.base, env.inputs, env.tok, env.enc, env.empty
+    cfg, store, base, inputs = env.cfg, env.store, env.base, env.inputs
+    tok, enc, empty = env.tok, env.enc, env.empty
     lora = dataclasses.replace(cfg.lora, head_lr=0.0)  # one param group in both loops
     tracker = Tracker.start(f"sqlite:///{env.work}/mlflow.db", "bench", "lora-overhead", {})
     steps = math.ceil(len(enc) / lora.batch_size)

@@ -1,5 +1,5 @@
 """Benchmark: how far the LoRA merge moves the scores in each weights dtype, against how far
-the LoRA update itself moved them (the figures behind heft/merge.py's TOLERANCE).
+the LoRA update itself moved them (the figures behind heft/stages/merge.py's TOLERANCE).
 
     .venv/bin/python bench/merge_precision.py                # stories260K and MiniLM, BoolQ passages (~5 min)
     .venv/bin/python bench/merge_precision.py --models stories --dtypes bfloat16
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import heft.merge  # noqa: E402
-from heft.artifacts import ArtifactStore  # noqa: E402
+import heft.stages.merge  # noqa: E402
+from heft.store.artifacts import ArtifactStore  # noqa: E402
 from heft.config import DataConfig, LoraConfig, ModelConfig, RunConfig  # noqa: E402
 from heft.pipeline import run_pipeline  # noqa: E402
 
@@ -51,14 +51,17 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
     ap.add_argument("--source", default=str(SHARED / "data" / "boolq" / "validation.jsonl"))
     args = ap.parse_args()
-    heft.merge.TOLERANCE = {d: float("inf") for d in heft.merge.TOLERANCE}  # measure, never refuse
+    # measure, never refuse
+    heft.stages.merge.TOLERANCE = {d: float("inf") for d in heft.stages.merge.TOLERANCE}
     work = Path(tempfile.mkdtemp(prefix="heft-bench-merge-"))
-    print(f"{'model':<8} {'dtype':<9} {'merge check':>11} {'adapter->merged':>15} {'LoRA update':>11}  predictions kept")
+    print(f"{'model':<8} {'dtype':<9} {'merge check':>11} {'adapter->merged':>15} "
+          f"{'LoRA update':>11}  predictions kept")
     for name in args.models:
         model, rows = MODELS[name]
         for dtype in args.dtypes:
             cfg = RunConfig(model=ModelConfig(name=model, max_length=128, dtype=dtype),
-                            data=DataConfig(source=args.source, holdout_size=200, valid_size=60, max_train=rows),
+                            data=DataConfig(source=args.source, holdout_size=200, valid_size=60,
+                                            max_train=rows),
                             lora=LoraConfig(epochs=1, lr=3e-3, batch_size=16),
                             artifact_root=str(work / f"{name}-{dtype}"), mode="lora-only")
             try:
@@ -68,7 +71,8 @@ def main() -> None:
                 print(f"{name:<8} {dtype:<9} failed: {e}")
                 continue
             store = ArtifactStore(cfg.artifact_root)
-            lora, merged, untrained = (scores(store, a) for a in (out["eval:lora"], out["eval:merged"], base["eval:base"]))
+            evals = (out["eval:lora"], out["eval:merged"], base["eval:base"])
+            lora, merged, untrained = (scores(store, a) for a in evals)
             kept = sum(x[2] == y[2] for x, y in zip(lora, merged))
             print(f"{name:<8} {dtype:<9} {out['merge'].metrics['merge_rel_diff']:>11.2e} "
                   f"{largest_change(lora, merged):>15.2e} {largest_change(lora, untrained):>11.2e}  "

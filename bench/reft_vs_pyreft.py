@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from common import prepare, ratios  # noqa: E402
 
-from heft import models  # noqa: E402
-from heft.batching import collate, train_batches  # noqa: E402
-from heft.checkpoints import EpochCheckpoints  # noqa: E402
-from heft.loreft import Intervention, LoReFT  # noqa: E402
+from heft.modeling import models  # noqa: E402
+from heft.data.batching import collate, train_batches  # noqa: E402
+from heft.store.checkpoints import EpochCheckpoints  # noqa: E402
+from heft.modeling.loreft import Intervention, LoReFT  # noqa: E402
 from heft.tracking import Tracker  # noqa: E402
-from heft.training import train  # noqa: E402
+from heft.modeling.training import train  # noqa: E402
 
 
 def pyreft_epoch(inputs, tok, enc, cfg) -> tuple[float, float]:
@@ -43,14 +43,16 @@ def pyreft_epoch(inputs, tok, enc, cfg) -> tuple[float, float]:
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the same initial intervention as heft's, in pyreft's layout
     state = LoReFT(inputs.hidden_size, cfg.rank).pyreft_state()
-    theirs = pyreft.LoreftIntervention(embed_dim=inputs.hidden_size, low_rank_dimension=cfg.rank, dtype=torch.float32)
+    theirs = pyreft.LoreftIntervention(embed_dim=inputs.hidden_size, low_rank_dimension=cfg.rank,
+                                       dtype=torch.float32)
     theirs.load_state_dict(state)
     with torch.no_grad():  # and the same raw coordinates of the orthogonal map, so Adam sees the same problem
         param = theirs.rotate_layer.parametrizations.weight
         param.original.copy_(state["parametrization.original"])
         param[0].base.copy_(state["parametrization.base"])
     reft = pyreft.get_reft_model(model, pyreft.ReftConfig(representations={
-        "layer": cfg.layer, "component": "block_output", "low_rank_dimension": cfg.rank, "intervention": theirs}))
+        "layer": cfg.layer, "component": "block_output", "low_rank_dimension": cfg.rank,
+        "intervention": theirs}))
     params = [p for p in reft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     answer_ids = inputs.answer_ids(tok)
@@ -83,8 +85,8 @@ def heft_epoch(inputs, tok, enc, empty, cfg, store, parent, tracker) -> tuple[fl
     start = time.perf_counter()
     history, _ = train(model, [{"params": list(loreft.parameters())}], enc, empty, cfg, family=inputs.family,
           pooling=inputs.model_cfg.pooling, answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
-          desc="reft", intervention=iv, on_epoch=tracker.epoch_logger(),
-          checkpoints=EpochCheckpoints(store, "reft", cfg, parent), state=state)
+          desc="reft", intervention=iv, progress=tracker.progress(),
+          checkpoints=EpochCheckpoints(store, "reft", cfg, parent.key), state=state)
     return time.perf_counter() - start, history[0]["train_loss"]
 
 
@@ -94,7 +96,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     env = prepare("deployments/stories-boolq.yaml", [f"data.max_train={args.rows}", "data.valid_size=16"])
-    cfg, store, base, inputs, tok, enc, empty = env.cfg, env.store, env.base, env.inputs, env.tok, env.enc, env.empty
+    cfg, store, base, inputs = env.cfg, env.store, env.base, env.inputs
+    tok, enc, empty = env.tok, env.enc, env.empty
     reft = dataclasses.replace(cfg.reft, epochs=1, warmup_ratio=0.0, schedule="constant")
     tracker = Tracker.start(f"sqlite:///{env.work}/mlflow.db", "bench", "reft-vs-pyreft", {})
     tokens = sum(map(len, enc.input_ids))
@@ -102,9 +105,11 @@ def main() -> None:
           f"positions {reft.positions}, {tokens} tokens/epoch")
     ref, ours = [], []
     for rep in range(args.reps):
-        rep_cfg = dataclasses.replace(reft, seed=reft.seed + rep + 1)  # a fresh checkpoint trajectory for heft
-        (t_ref, loss_ref), (t_ours, loss_ours) = (pyreft_epoch(inputs, tok, enc, rep_cfg),
-                                                   heft_epoch(inputs, tok, enc, empty, rep_cfg, store, base, tracker))
+        # a fresh checkpoint trajectory for heft
+        rep_cfg = dataclasses.replace(reft, seed=reft.seed + rep + 1)
+        (t_ref, loss_ref), (t_ours, loss_ours) = (
+            pyreft_epoch(inputs, tok, enc, rep_cfg),
+            heft_epoch(inputs, tok, enc, empty, rep_cfg, store, base, tracker))
         ref.append(t_ref)
         ours.append(t_ours)
         print(f"rep {rep + 1}: pyreft {t_ref:.2f} s (mean loss {loss_ref:.5f}), "

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from heft.artifacts import ArtifactStore  # noqa: E402
-from heft.evaluate import load_for_eval, predict  # noqa: E402
-from heft.lineage import StageInputs  # noqa: E402
+from heft.store.artifacts import ArtifactStore  # noqa: E402
+from heft.modeling.scoring import predict  # noqa: E402
+from heft.stages.evaluate import load_for_eval  # noqa: E402
+from heft.stages.inputs import StageInputs  # noqa: E402
 from heft.pipeline import run_pipeline  # noqa: E402
 from heft.presets import load_run_config  # noqa: E402
 
@@ -48,8 +49,8 @@ def generate_predictions(model, tok, enc, answer_ids, batch_size: int, new_token
         width = max(map(len, ids))
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
+        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id)
         first = gen[:, width]
         out.append(torch.where(first == answer_ids[1], 1, torch.where(first == answer_ids[0], 0, -1)))
     tok.padding_side = "right"
@@ -92,10 +93,13 @@ def pyreft_generate(inputs, tok, enc, answer_ids, batch_size: int, new_tokens: i
     return torch.cat(out)
 
 
-def report(name: str, seconds: float, base_s: float, preds: torch.Tensor, scored: torch.Tensor, labels) -> None:
+def report(name: str, seconds: float, base_s: float, preds: torch.Tensor, scored: torch.Tensor,
+           labels) -> None:
     parsed = preds >= 0
-    print(f"{name:<44} {seconds:7.2f} s  {seconds / base_s:5.1f}x  accuracy {(preds == labels).float().mean():.2%}  "
-          f"identical to scoring {int((preds == scored).sum())}/{len(preds)}  unparsed {int((~parsed).sum())}")
+    print(f"{name:<44} {seconds:7.2f} s  {seconds / base_s:5.1f}x  "
+          f"accuracy {(preds == labels).float().mean():.2%}  "
+          f"identical to scoring {int((preds == scored).sum())}/{len(preds)}  "
+          f"unparsed {int((~parsed).sum())}")
 
 
 def scored_model(args, work: str, mode: str, stage: str):
@@ -120,7 +124,8 @@ def heft_model(args, work: str) -> None:
     """Part A: the HEFT model, heft scoring vs. pyreft's generate() evaluation."""
     inputs, tok, enc, labels, scored, t_score, _ = scored_model(args, work, "heft", "reft")
     iv = inputs.intervention()
-    print(f"A. HEFT model (merged LoRA + LoReFT layer {iv.layer}, {iv.positions}), {len(enc)} held-out prompts")
+    print(f"A. HEFT model (merged LoRA + LoReFT layer {iv.layer}, {iv.positions}), "
+          f"{len(enc)} held-out prompts")
     report(f"heft scoring, batch {args.batch_size}", t_score, t_score, scored, scored, labels)
     for bs in (args.pyreft_batch, args.batch_size):
         t0 = time.perf_counter()
@@ -133,7 +138,8 @@ def lora_model(args, work: str) -> None:
     """Part B: a merged LoRA model, heft scoring vs. plain HF generate at the same batch."""
     inputs, tok, enc, labels, scored, t_score, model = scored_model(args, work, "lora-only", "merge")
     t0 = time.perf_counter()
-    generated = generate_predictions(model, tok, enc, inputs.answer_ids(tok), args.batch_size, args.new_tokens)
+    generated = generate_predictions(model, tok, enc, inputs.answer_ids(tok), args.batch_size,
+                                     args.new_tokens)
     t_gen = time.perf_counter() - t0
     print(f"B. merged LoRA model, {len(enc)} held-out prompts")
     report(f"heft scoring, batch {args.batch_size}", t_score, t_score, scored, scored, labels)

@@ -1,6 +1,6 @@
 """Benchmark: wall time, tokens/s and peak memory of each stage, one process per stage.
 
-    .venv/bin/python bench/stage_profile.py                                   # stories260K, then MiniLM (~5 min)
+    .venv/bin/python bench/stage_profile.py                                # stories260K, then MiniLM (~5 min)
     .venv/bin/python bench/stage_profile.py --preset deployments/minilm-boolq.yaml data.max_train=640
 
 Each stage runs in a fresh child process on a shared artifact root (its parents were
@@ -24,30 +24,32 @@ DEFAULT = {"deployments/stories-boolq.yaml": ["data.max_train=1000"],
            "deployments/minilm-boolq.yaml": ["data.max_train=320", "lora.epochs=1", "reft.epochs=1"]}
 CHILD = r"""
 import json, resource, sys, time
-from heft.artifacts import ArtifactStore
-from heft.lineage import StageInputs
-from heft.pipeline import key_of, run_pipeline, run_stage
+from heft.store.artifacts import ArtifactStore
+from heft.stages.inputs import StageInputs
+from heft.plan import plan
 from heft.presets import load_run_config
+from heft.stages import run_step
 target, preset, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 cfg = load_run_config(preset, overrides)
 store = ArtifactStore(cfg.artifact_root)
 if target == "baseline":
     import torch, transformers, peft  # noqa: F401
-    print(json.dumps({"stage": "baseline", "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"stage": "baseline",
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     sys.exit()
 class Done(Exception):
     pass
 def tokens(parent, split):
     inputs = StageInputs.of(parent, store)
     return sum(len(x) for x in inputs.encoded(split, inputs.tokenizer()).input_ids)
-def call(stage, c, parent):
-    name = stage if stage != "evaluate" else f"evaluate:{parent.stage}"
+def call(step, parent):
+    stage, c, name = step.stage, step.config, step.label
     if name != target:
-        return run_stage(stage, c, parent, store)
-    if store.find(stage, key_of(stage, c, parent)) is not None:
+        return run_step(step, parent, store)
+    if store.find(stage, step.key) is not None:
         raise SystemExit(f"{name} is cached already: use a fresh root")
     t0 = time.perf_counter()
-    art = run_stage(stage, c, parent, store)
+    art = run_step(step, parent, store)
     seconds = time.perf_counter() - t0
     n = 0
     if stage in ("lora", "reft"):
@@ -57,12 +59,14 @@ def call(stage, c, parent):
     print(json.dumps({"stage": name, "seconds": seconds, "tokens": n,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     raise Done()
+done = {}
 try:
-    run_pipeline(cfg, call)
+    for step in plan(cfg).steps:
+        done[step.key] = call(step, done.get(step.parent_key))
 except Done:
     pass
 """
-ORDER = ["data", "lora", "merge", "evaluate:lora", "evaluate:merge", "reft", "evaluate:reft"]
+ORDER = ["data", "lora", "merge", "evaluate:lora", "evaluate:merged", "reft", "evaluate:heft"]
 
 
 def profile(preset: str, overrides: list[str]) -> list[dict]:
@@ -70,8 +74,8 @@ def profile(preset: str, overrides: list[str]) -> list[dict]:
     args = [preset, f"artifact_root={work}/art", *overrides]
     rows = []
     for stage in ["baseline", *ORDER]:
-        out = subprocess.run([sys.executable, "-c", CHILD, stage, *args], cwd=ROOT, capture_output=True, text=True,
-                             env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+        out = subprocess.run([sys.executable, "-c", CHILD, stage, *args], cwd=ROOT, capture_output=True,
+                             text=True, env={**__import__("os").environ, "TQDM_DISABLE": "1"})
         if out.returncode:
             raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -88,7 +92,8 @@ def main() -> None:
         rows = profile(preset, overrides)
         base = rows[0]["peak_rss_mb"]
         print(f"\n{preset} {' '.join(overrides)}  (baseline process {base:.0f} MB)")
-        print("| stage | wall s | tokens | tokens/s | peak RSS MB | above baseline MB |\n|---|---|---|---|---|---|")
+        print("| stage | wall s | tokens | tokens/s | peak RSS MB | above baseline MB |\n"
+              "|---|---|---|---|---|---|")
         for r in rows[1:]:
             rate = f"{r['tokens'] / r['seconds']:.0f}" if r["tokens"] else ""
             print(f"| {r['stage']} | {r['seconds']:.1f} | {r['tokens'] or ''} | {rate} | "

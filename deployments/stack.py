@@ -43,7 +43,8 @@ def settings() -> dict:
     root = Path(env.get("HEFT_STACK_DIR", PROJECT / ".heft" / "stack")).resolve()
     return {"root": str(root), "s3": env.get("HEFT_S3", "moto"), "bucket": env.get("HEFT_S3_BUCKET", "heft"),
             "ports": {"prefect": int(env.get("HEFT_PREFECT_PORT", 4200)),
-                      "mlflow": int(env.get("HEFT_MLFLOW_PORT", 5000)), "s3": int(env.get("HEFT_S3_PORT", 9000))}}
+                      "mlflow": int(env.get("HEFT_MLFLOW_PORT", 5000)),
+                      "s3": int(env.get("HEFT_S3_PORT", 9000))}}
 
 
 def client_env(st: dict) -> dict[str, str]:
@@ -82,7 +83,8 @@ def commands(st: dict) -> dict[str, list[str]]:
         "mlflow": [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(p["mlflow"]),
                    "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                    "--artifacts-destination", f"s3://{st['bucket']}/mlflow"],
-        "prefect": [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(p["prefect"])],
+        "prefect": [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                    "--port", str(p["prefect"])],
         "worker": [str(BIN / "prefect"), "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
                    "--name", f"heft-worker-{p['prefect']}"],
     }
@@ -104,7 +106,8 @@ def ready(st: dict, name: str) -> bool:
         if name == "prefect":
             return get(f"http://127.0.0.1:{p['prefect']}/api/health") == b"true"
         if name == "worker":  # the worker has sent a heartbeat to its pool
-            body = get(f"http://127.0.0.1:{p['prefect']}/api/work_pools/{LOCAL_POOL}/workers/filter", data=b"{}")
+            url = f"http://127.0.0.1:{p['prefect']}/api/work_pools/{LOCAL_POOL}/workers/filter"
+            body = get(url, data=b"{}")
             return any(w.get("status") == "ONLINE" for w in json.loads(body))
     except (OSError, ValueError):
         return False
@@ -128,14 +131,16 @@ def start(st: dict, name: str, timeout: float = 180) -> None:
         return
     log = root / "logs" / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(commands(st)[name], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=service_env(st, name), cwd=PROJECT, start_new_session=True)
+        proc = subprocess.Popen(commands(st)[name], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=service_env(st, name), cwd=PROJECT,
+                                start_new_session=True)
     (root / "run" / f"{name}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while not ready(st, name):
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:]
-            why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not ready after {timeout:.0f} s"
+            why = (f"exited with {proc.returncode}" if proc.poll() is not None
+                   else f"not ready after {timeout:.0f} s")
             raise SystemExit(f"stack: {name} {why}; end of {log}:\n{tail}")
         time.sleep(0.5)
     print(f"{name:>8}: up (pid {proc.pid}), log {log}")

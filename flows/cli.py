@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def grid_command(args) -> int:
-    from heft.grid import expand, load_grid
+    from heft.study.grid import expand, load_grid
     try:
         spec = load_grid(args.grid, args.overrides)
         cells = expand(spec)
@@ -101,8 +101,8 @@ def grid_command(args) -> int:
 
 
 def study_command(args) -> int:
-    from heft.grid import expand
-    from heft.study import load_study
+    from heft.study.grid import expand
+    from heft.study.spec import load_study
     try:
         spec = load_study(args.study)
         if args.list:

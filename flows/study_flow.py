@@ -14,11 +14,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.grid_flow import check_cells, heft_grid
-from heft import derived, study_report
+from flows.grid_flow import heft_grid, plan_cells
 from heft.config import ConfigError
-from heft.grid import expand
-from heft.study import load_study
+from heft.store.fingerprints import Fingerprints
+from heft.study import assemble
+from heft.study.derived import write_derived_task
+from heft.study.grid import expand
+from heft.study.spec import load_study
 from heft.tracking import Tracker
 
 DEFAULT_STUDY = "deployments/study/minilm.yaml"
@@ -31,12 +33,14 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
     grid fields or run overrides added to every grid (after the study's own)."""
     spec = load_study(study)
     for d in spec.derived:  # before validation: the derived grids read these files
-        print(f"derived task {d['task']}: {derived.build(d['task'], d['source'], d['out'], int(d.get('seed', 0)))}")
+        path = write_derived_task(d["task"], d["source"], d["out"], int(d.get("seed", 0)))
+        print(f"derived task {d['task']}: {path}")
     grids = spec.grid_specs(overrides or [])
     cells = {g.name: expand(g) for g in grids}
-    for name, cs in cells.items():
+    fingerprints, plans = Fingerprints(), {}
+    for name, cs in cells.items():  # every cell planned and validated once, before any trains
         try:
-            check_cells(cs)
+            plans[name] = plan_cells(cs, fingerprints)
         except ConfigError as e:
             raise ConfigError(f"study {spec.name!r}, grid {name!r}: {e}") from None
     first = next(iter(cells.values()))[0].config
@@ -44,14 +48,13 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
     if len(stores) > 1:
         raise ConfigError(f"a study logs to one MLflow experiment, its grids name {sorted(stores)}")
     print(f"study {spec.name}: {len(grids)} grids, {sum(map(len, cells.values()))} cells")
-    run = Tracker.start(first.tracking_uri, first.experiment, run_name=f"study: {spec.name}",
-                        params={"study.name": spec.name, "study.grids": " ".join(spec.grids),
-                                "study.overrides": " ".join(list(spec.overrides) + list(overrides or []))},
-                        tags={"heft.kind": "study", "heft.study": spec.name})
-    started, run_ids = time.perf_counter(), {}
-    try:
+    params = {"study.name": spec.name, "study.grids": " ".join(spec.grids),
+              "study.overrides": " ".join(list(spec.overrides) + list(overrides or []))}
+    with Tracker.start(first.tracking_uri, first.experiment, run_name=f"study: {spec.name}", params=params,
+                       tags={"heft.kind": "study", "heft.study": spec.name}) as run:
+        started, run_ids = time.perf_counter(), {}
         for g in grids:
-            out = heft_grid(spec=g, mlflow_parent_run_id=run.run_id,
+            out = heft_grid(spec=g, mlflow_parent_run_id=run.run_id, plans=plans[g.name],
                             report_dir=str(Path(".heft/reports") / f"{spec.name}-{g.name}"))
             run_ids[g.name] = {c.run_name: r["run_id"] for c, r in zip(cells[g.name], out["cells"])}
         wall = time.perf_counter() - started
@@ -60,15 +63,11 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
                     "- Only the document, from a filled cache: the same command (every stage is cached).",
                     "- On Llama-2-7B on a GPU work pool: `prefect deployment run heft-study/llama2-7b` "
                     "(deployments/study/llama2-7b.yaml; writes docs/results-llama2-7b.md)."]
-        report = study_report.build(spec, grids, run_ids, results or spec.results, wall, commands)
+        report = assemble.write_results(spec, grids, run_ids, results or spec.results, wall, commands)
         run.log_metrics(report["metrics"] | {"wall_seconds": wall})
         for run_id, metrics in report["cell_metrics"].items():
             Tracker(run.uri, run.experiment_id, run_id).log_metrics(metrics)
         run.log_files(list(report["files"].values()), artifact_path="results")
-    except BaseException:
-        run.finish("FAILED")
-        raise
-    run.finish()
     create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"study-{spec.name}".lower()),
                              description=f"heft study {spec.name}", markdown=report["markdown"])
     return {"results": str(report["files"]["results"]), "mlflow_run_id": run.run_id, "seconds": wall,

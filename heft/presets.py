@@ -76,7 +76,7 @@ def number(value: Any, name: str, kind: type) -> int | float:
     return kind(value)
 
 
-def build(cls, values: dict, where: str) -> Any:
+def from_dict(cls, values: dict, where: str) -> Any:
     """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclass fields."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -84,11 +84,12 @@ def build(cls, values: dict, where: str) -> Any:
         name = f"{where}.{key}" if where else key
         if key not in fields:
             raise ConfigError(f"unknown option {name!r} (known: {', '.join(sorted(fields))})")
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+        factory = fields[key].default_factory
+        default = factory() if factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"option {name!r} must be a mapping, got {value!r}")
-            value = build(type(default), value, name)
+            value = from_dict(type(default), value, name)
         elif isinstance(value, list):
             value = tuple(value)
         elif type(fields[key].default) in (int, float):
@@ -102,7 +103,7 @@ def build(cls, values: dict, where: str) -> Any:
 
 def load_run_config(preset: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     values = read_preset(preset) if preset else {}
-    return build(RunConfig, merge_values(values, parse_overrides(list(overrides))), "")
+    return from_dict(RunConfig, merge_values(values, parse_overrides(list(overrides))), "")
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heft.artifacts import Artifact
 from heft.config import flat_params
+from heft.progress import Progress
+from heft.store.artifacts import Artifact
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -86,10 +87,18 @@ class Tracker:
     def child(self, name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> "Tracker":
         return Tracker.start(self.uri, "", name, params, parent=self, tags=tags)
 
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """FINISHED, or FAILED when the block raised (KeyboardInterrupt included)."""
+        self.finish("FAILED" if exc_type else "FINISHED")
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
         if params:
-            _client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+            _client(self.uri).log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -103,9 +112,9 @@ class Tracker:
         for k, v in tags.items():
             client.set_tag(self.run_id, k, str(v))
 
-    def epoch_logger(self, prefix: str = ""):
-        """Callback for heft.training.train: logs each epoch's metrics with step=epoch."""
-        return lambda epoch, metrics: self.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
+    def progress(self) -> Progress:
+        """Progress callbacks for a training stage: each epoch's metrics with step=epoch."""
+        return Progress(on_epoch=lambda epoch, metrics: self.log_metrics(metrics, step=epoch))
 
     def record_artifact(self, art: Artifact, reused: bool, log_files: bool = True,
                         local_dir: Path | None = None) -> None:
@@ -116,15 +125,17 @@ class Tracker:
         again on every cached run was most of a cached rerun's tracking time."""
         from mlflow.entities import Metric, RunTag
         tags = {"heft.stage": art.stage, "heft.key": art.key, "heft.parent_key": art.parent_key,
-                "heft.uri": art.uri or art.meta["lineage"].get("weights", ""), "heft.cached": str(reused).lower()}
+                "heft.uri": art.uri, "heft.cached": str(reused).lower()}
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in art.metrics.items() if isinstance(v, (int, float))]
         history = (local_dir / "history.json") if local_dir else None
         if reused and history and history.exists():
             for epoch, values in enumerate(json.loads(history.read_text()), start=1):
-                metrics += [Metric(k, float(v), now, epoch) for k, v in values.items() if isinstance(v, (int, float))]
+                metrics += [Metric(k, float(v), now, epoch) for k, v in values.items()
+                            if isinstance(v, (int, float))]
         client = _client(self.uri)
-        client.log_batch(self.run_id, metrics=metrics[:1000], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        client.log_batch(self.run_id, metrics=metrics[:1000], tags=run_tags)
         for i in range(1000, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
         if not (log_files and local_dir and local_dir.exists()):
@@ -150,4 +161,5 @@ class Tracker:
 
 
 def stage_params(stage: str, cfg) -> dict[str, Any]:
-    return flat_params(cfg, prefix=f"{stage}.") if hasattr(cfg, "__dataclass_fields__") else {}
+    """A stage run's params: its config's fields as '<stage>.<field>'."""
+    return flat_params(cfg, prefix=f"{stage}.")

@@ -1,7 +1,9 @@
 """Check a whole run before any work: config, model shape, LoRA targets, data rows, root.
 
-Config values are checked when the dataclasses are built (heft/config.py, presets.py);
-what needs the outside world is checked here, cheaply and without writing anything:
+Config values are checked when the dataclasses are built (heft/config.py, presets.py),
+and planning (heft/plan.py) has already read the data files and the model folder for
+their fingerprints.  What else needs the outside world is checked here, cheaply and
+without writing anything:
 
 * the model: its config only (``AutoConfig``), plus an empty skeleton on the *meta*
   device (no weights, no memory) to check ``lora.target_modules`` by module name;
@@ -14,8 +16,8 @@ what needs the outside world is checked here, cheaply and without writing anythi
   once (no folder is created).
 
 When every artifact of the run is already in the store, the run trains nothing and each
-artifact was checked when it was built, so only the root and the data key are checked:
-a fully cached rerun then never imports torch or transformers (seconds of its wall time).
+artifact was checked when it was built, so only the root is checked: a fully cached rerun
+then never imports torch or transformers (seconds of its wall time).
 
 Every error is a ``ConfigError`` whose message starts with the option and its value.
 """
@@ -24,11 +26,26 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 
-from heft.artifacts import ArtifactStore
-from heft.config import ConfigError, RunConfig
-from heft.data import split_rows
-from heft.pipeline import TRAINS, planned_keys
+from heft.config import ConfigError
+from heft.data.sources import split_rows
+from heft.pipeline import built
+from heft.plan import TRAINS, Plan
+from heft.store.artifacts import Artifact, ArtifactStore
+
+
+@dataclass
+class Checked:
+    """What validation found: the steps already built, and the model's shape (None when
+    nothing needs building, so the model was not opened)."""
+    built: dict[str, Artifact]
+    steps: int
+    model: dict | None = field(default=None)
+
+    @property
+    def all_built(self) -> bool:
+        return len(self.built) == self.steps
 
 
 def model_skeleton(family: str, hf_config):
@@ -70,28 +87,32 @@ def check_artifact_root(root: str) -> ArtifactStore:
     return store
 
 
-def validate(cfg: RunConfig) -> dict:
-    """Check everything that can be checked cheaply before any training starts; write nothing.
-    Returns {'family', 'depth', 'hidden_size'}, or {'cached': n} when all n artifacts of the
-    run are already built."""
+def validate(the_plan: Plan) -> Checked:
+    """Check everything that can be checked cheaply before any training starts; write nothing."""
+    cfg = the_plan.config
     store = check_artifact_root(cfg.artifact_root)
-    # the keys of every stage, data first: its content key also checks the sources exist
-    planned = [(stage, key) for stage, key in planned_keys(cfg).values() if stage != "base"]
-    missing = {stage for stage, key in planned if store.find(stage, key) is None}
-    if not missing:
-        return {"cached": len(planned)}
-    from heft import models  # torch and transformers: only when something will be built
-    from heft.reft import check_reft_config
-    hf_config = models.auto_config(cfg.model.name)  # unknown model id/folder fails here
+    done = built(the_plan, store)
+    checked = Checked(done, len(the_plan.steps))
+    if checked.all_built:
+        return checked
+    from heft.modeling import models  # torch and transformers: only when something will be built
+    from heft.stages.reft import check_reft_config
+    if "base" in done and cfg.model.gguf_file:  # the base stage has de-quantized it: read that copy
+        from heft.stages.inputs import StageInputs
+        base = done["base"]
+        hf_config = models.auto_config(StageInputs.of(base, store).resolve(base.lineage("weights")))
+    else:
+        hf_config = models.auto_config(cfg.model.name, cfg.model.gguf_file)  # unknown model fails here
     family = models.family_of(cfg.model, hf_config)
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
     if "reft" in TRAINS[cfg.mode]:
         check_reft_config(cfg.reft, depth, hidden)
     # the module-name check builds the model skeleton (about a second on a 6-block model);
     # a finished LoRA artifact for this very config proves the targets matched
-    if "lora" in missing:
-        from heft.lora import target_modules
+    if "lora" in TRAINS[cfg.mode] and "lora" not in done:
+        from heft.stages.lora import target_modules
         target_modules(cfg.lora, model_skeleton(family, hf_config))
-    if "data" in missing:
+    if "data" not in done:
         split_rows(cfg.data)
-    return {"family": family, "depth": depth, "hidden_size": hidden}
+    checked.model = {"family": family, "depth": depth, "hidden_size": hidden}
+    return checked

@@ -53,20 +53,25 @@ def keyword_data(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def keyword_config(stories, keyword_data):
-    """``keyword_config(root, **fields)``: a RunConfig that learns the keyword task on
-    stories260K (LoRA, HEFT and ReFT-only all above 85% when the trainers work)."""
+def keyword_builder(model_name: str, max_length: int, lora: dict, reft: dict, data: dict):
+    """``build(root, model=None, **fields)``: a RunConfig on the keyword task for one model."""
     from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
 
     def build(root, model: dict | None = None, **fields):
         return RunConfig(**{
-            "model": ModelConfig(name=str(stories), max_length=64, **(model or {})),
-            "data": DataConfig(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240),
-            "lora": LoraConfig(epochs=3, lr=3e-3, batch_size=16),
-            "reft": ReftConfig(epochs=3, lr=1e-2, layer=3, batch_size=16),
+            "model": ModelConfig(name=model_name, max_length=max_length, **(model or {})),
+            "data": DataConfig(**data), "lora": LoraConfig(**lora), "reft": ReftConfig(**reft),
             "artifact_root": str(root), **fields})
     return build
+
+
+@pytest.fixture(scope="session")
+def keyword_config(stories, keyword_data):
+    """``keyword_config(root, **fields)``: a RunConfig that learns the keyword task on
+    stories260K (LoRA, HEFT and ReFT-only all above 85% when the trainers work)."""
+    return keyword_builder(str(stories), 64, dict(epochs=3, lr=3e-3, batch_size=16),
+                           dict(epochs=3, lr=1e-2, layer=3, batch_size=16),
+                           dict(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240))
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +80,25 @@ def harness():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 3-block random Llama with a word-level tokenizer (tests/tiny_models.py): no ../shared."""
+    from tiny_models import tiny_llama as make
+    return make(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-block random BERT with a WordPiece vocabulary (tests/tiny_models.py): no ../shared."""
+    from tiny_models import tiny_bert as make
+    return make(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_llama, keyword_data):
+    """``tiny_config(root, **fields)``: the keyword task on the tiny Llama (fast, no ../shared)."""
+    return keyword_builder(str(tiny_llama), 32, dict(epochs=2, lr=1e-2, batch_size=16),
+                           dict(epochs=2, lr=1e-2, layer=1, batch_size=16),
+                           dict(source=str(keyword_data), holdout_size=100, valid_size=60, max_train=240))

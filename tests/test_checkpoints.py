@@ -6,10 +6,13 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from heft.artifacts import ArtifactStore
-from heft.checkpoints import EpochCheckpoints, trajectory_key
+from heft.store.artifacts import ArtifactStore
+from heft.store.checkpoints import EpochCheckpoints, trajectory_key
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
-from heft.pipeline import key_of, run_pipeline
+from heft.pipeline import run_pipeline
+from heft.plan import plan
+from heft.progress import Progress
+from heft.stages import run_step
 
 
 @pytest.fixture
@@ -43,7 +46,8 @@ def test_longer_constant_run_continues_shorter_one_exactly(cfg, tmp_path, stage,
     longer = run_pipeline(with_epochs(cfg, stage, 3))
     fresh = run_pipeline(with_epochs(cfg, stage, 3, artifact_root=str(tmp_path / "b")))
     assert short[stage].metrics["resumed_from_epoch"] == 0
-    assert longer[stage].metrics["resumed_from_epoch"] == 2 and fresh[stage].metrics["resumed_from_epoch"] == 0
+    assert longer[stage].metrics["resumed_from_epoch"] == 2
+    assert fresh[stage].metrics["resumed_from_epoch"] == 0
     a, b = tensors(longer, stage, weights), tensors(fresh, stage, weights)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
     assert curves(longer[stage]) == curves(fresh[stage]) and len(curves(longer[stage])) == 3
@@ -64,21 +68,20 @@ def test_linear_schedule_keys_trajectory_by_epochs(cfg):
 
 
 def test_interrupted_stage_resumes_from_last_epoch(cfg, tmp_path):
-    from heft.lora import run_lora
-    from heft.pipeline import STAGES
     cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, epochs=3, schedule="linear"))
     store = ArtifactStore(cfg.artifact_root)
-    data = STAGES["data"](cfg.data, None, store)
-    base = STAGES["base"](cfg.model, data, store)
+    steps = plan(cfg)
+    data = run_step(steps["data"], None, store)
+    base = run_step(steps["base"], data, store)
 
     def crash(epoch, metrics):
         if epoch == 2:
             raise KeyboardInterrupt("simulated interruption after epoch 2")
     with pytest.raises(KeyboardInterrupt):
-        run_lora(cfg.lora, base, store, on_epoch=crash)
-    assert store.find("lora", key_of("lora", cfg.lora, base)) is None  # no half-made artifact
-    assert EpochCheckpoints(store, "lora", cfg.lora, base).epochs() == [1, 2]
-    resumed = run_lora(cfg.lora, base, store)
+        run_step(steps["lora"], base, store, Progress(on_epoch=crash))
+    assert store.find("lora", steps["lora"].key) is None  # no half-made artifact
+    assert EpochCheckpoints(store, "lora", cfg.lora, base.key).epochs() == [1, 2]
+    resumed = run_step(steps["lora"], base, store)
     fresh = run_pipeline(dataclasses.replace(cfg, artifact_root=str(tmp_path / "c")))["lora"]
     assert resumed.metrics["resumed_from_epoch"] == 2
     assert resumed.metrics["final_valid_accuracy"] == fresh.metrics["final_valid_accuracy"]

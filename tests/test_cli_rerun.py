@@ -23,7 +23,8 @@ def heft_run(overrides: list[str], env: dict, *python_flags: str) -> tuple[dict,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout[proc.stdout.index("{\n"):])  # the CLI prints the results last
-    states = re.findall(r"\b(?:data|base|lora|merge|reft|evaluate) [0-9a-f]{20} (\w+) \(", proc.stdout + proc.stderr)
+    states = re.findall(r"\b(?:data|base|lora|merge|reft|evaluate) [0-9a-f]{20} (\w+) \(",
+                        proc.stdout + proc.stderr)
     return results, states, proc.stderr
 
 
@@ -32,18 +33,21 @@ def test_cli_rerun_is_cached_and_imports_no_torch(stories, keyword_data, tmp_pat
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), TQDM_DISABLE="1")
     overrides = [f"artifact_root={tmp_path}/art", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                  f"model.name={stories}", f"data.source={keyword_data}", "data.holdout_size=40",
-                 "data.valid_size=20", "data.max_train=60", "model.max_length=32", "lora.epochs=1", "reft.epochs=1"]
+                 "data.valid_size=20", "data.max_train=60", "model.max_length=32", "lora.epochs=1",
+                 "reft.epochs=1"]
     first, first_states, _ = heft_run(overrides, env)
     assert first_states == ["Completed"] * 8 and set(first) == {"lora", "merged", "heft"}
     again, states, stderr = heft_run(overrides, env, "-X", "importtime")
     assert states == ["Cached"] * 8
     assert again == first
-    imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
+                if line.startswith("import time:")}
     assert "prefect" in imported and "mlflow" in imported  # the check sees real imports
     assert not {"torch", "transformers", "peft", "pyreft", "prefect.server.api.server"} & imported
     # both flow runs, with their 8 task runs and every log line, are in the server's database
     with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
         runs = db.execute("select state_name, (select count(*) from task_run t where t.flow_run_id = f.id), "
-                          "(select count(*) from log l where l.flow_run_id = f.id) from flow_run f").fetchall()
+                          "(select count(*) from log l where l.flow_run_id = f.id) "
+                          "from flow_run f").fetchall()
     assert [r[:2] for r in runs] == [("Completed", 8)] * 2
     assert all(r[2] >= 20 for r in runs)  # "Beginning", validation, 8 stage lines, 8 task lines, results, end

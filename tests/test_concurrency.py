@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = r"""
 import json, os, sys, time
 from pathlib import Path
-from heft.artifacts import ArtifactStore
+from heft.store.artifacts import ArtifactStore
 out, barrier, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 publish = ArtifactStore.publish
 def logged(self, tmp, stage, key, *a, **kw):
@@ -28,7 +28,8 @@ from flows.grid_flow import heft_grid
 (barrier / f"ready-{os.getpid()}").touch()
 while len(list(barrier.glob("ready-*"))) < 2:
     time.sleep(0.05)
-result = heft_grid(grid="deployments/grids/reft-layers.yaml", overrides=overrides, report_dir=str(out / "report"))
+result = heft_grid(grid="deployments/grids/reft-layers.yaml", overrides=overrides,
+                   report_dir=str(out / "report"))
 (out / "result.json").write_text(json.dumps({"rows": result["rows"], "cells": result["cells"]}, default=str))
 """
 
@@ -63,7 +64,8 @@ def test_two_simultaneous_grids_build_each_artifact_once(stories, keyword_data, 
     assert not list((art / ".tmp").iterdir())
     a, b = (json.loads((tmp_path / n / "result.json").read_text()) for n in "ab")
     assert [r["accuracy"] for r in a["cells"]] == [r["accuracy"] for r in b["cells"]]
-    assert [[s["key"] for s in c["stages"]] for c in a["cells"]] == [[s["key"] for s in c["stages"]] for c in b["cells"]]
+    assert ([[s["key"] for s in c["stages"]] for c in a["cells"]]
+            == [[s["key"] for s in c["stages"]] for c in b["cells"]])
     assert len(a["cells"]) == 3 and all(c["accuracy"] > 0.8 for c in a["cells"])  # the keyword task is learnt
     waited = sum(log.count("another run is building it") for log in logs)
     print(f"builds: {len(built)}; lock waits: {waited}")

@@ -4,7 +4,8 @@ from heft.config import ConfigError, LoraConfig, ReftConfig, RunConfig, flat_par
 from heft.presets import load_run_config
 
 
-@pytest.mark.parametrize("spec,expected", [("f1+l1", (1, 1)), ("l1", (0, 1)), ("f2", (2, 0)), ("f3+l2", (3, 2))])
+@pytest.mark.parametrize("spec,expected",
+                         [("f1+l1", (1, 1)), ("l1", (0, 1)), ("f2", (2, 0)), ("f3+l2", (3, 2))])
 def test_positions_parse(spec, expected):
     assert parse_positions(spec) == expected
 
@@ -42,7 +43,8 @@ def test_run_seed_overrides_stage_seeds():
 def test_preset_and_overrides(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("model: {name: some/model}\nlora: {epochs: 2}\n")
-    cfg = load_run_config(preset, ["lora.rank=16", "reft.positions=l1", "lora.target_modules=[q_proj,v_proj]"])
+    cfg = load_run_config(preset, ["lora.rank=16", "reft.positions=l1",
+                                   "lora.target_modules=[q_proj,v_proj]"])
     assert cfg.model.name == "some/model" and cfg.lora.epochs == 2 and cfg.lora.rank == 16
     assert cfg.reft.positions == "l1" and cfg.lora.target_modules == ("q_proj", "v_proj")
     assert flat_params(cfg)["lora.target_modules"] == "q_proj,v_proj"

@@ -2,9 +2,19 @@ import json
 
 import pytest
 
-from heft.artifacts import ArtifactStore
 from heft.config import DataConfig
-from heft.data import DataError, data_key, read_split, run_data, split_rows
+from heft.data.sources import DataError, read_split, split_rows
+from heft.plan import data_step
+from heft.stages import run_step
+from heft.store.artifacts import ArtifactStore
+
+
+def data_key(cfg: DataConfig) -> str:
+    return data_step(cfg).key
+
+
+def run_data(cfg: DataConfig, store: ArtifactStore):
+    return run_step(data_step(cfg), None, store)
 
 
 def test_resplit_of_shared_validation_is_recorded_and_deterministic(boolq_validation, tmp_path):
@@ -14,7 +24,9 @@ def test_resplit_of_shared_validation_is_recorded_and_deterministic(boolq_valida
     assert [len(rows[s]) for s in ("train", "valid", "eval")] == [1870, 400, 1000]
     again, _ = split_rows(cfg)
     assert again["eval"] == rows["eval"]
-    questions = lambda s: {r["question"] for r in rows[s]}
+
+    def questions(s):
+        return {r["question"] for r in rows[s]}
     assert not questions("train") & questions("eval") and not questions("valid") & questions("eval")
     other, _ = split_rows(DataConfig(source=str(boolq_validation), split_seed=1))
     assert other["eval"] != rows["eval"]
@@ -22,7 +34,7 @@ def test_resplit_of_shared_validation_is_recorded_and_deterministic(boolq_valida
     store = ArtifactStore(str(tmp_path / "art"))
     art = run_data(cfg, store)
     assert art.metrics["n_eval"] == 1000 and 0.55 < art.metrics["majority_eval"] < 0.7
-    assert read_split(store, art, "eval") == rows["eval"]
+    assert read_split(store.local_path(art), "eval") == rows["eval"]
     assert run_data(cfg, store).meta["created"] == art.meta["created"]  # reused, not rebuilt
 
 
@@ -42,7 +54,8 @@ def test_passage_format_refuses_question_only_rows(boolq_validation):
 
 
 def test_folder_source_picks_train_and_validation(boolq_validation):
-    rows, record = split_rows(DataConfig(source=str(boolq_validation.parent), format="question", valid_size=10))
+    rows, record = split_rows(DataConfig(source=str(boolq_validation.parent), format="question",
+                                         valid_size=10))
     assert record["sources"]["train"].endswith("train_no_passage.jsonl")
     assert record["sources"]["eval"].endswith("validation.jsonl")
 

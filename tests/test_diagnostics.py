@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from heft.data import validate_rows
-from heft.derived import build, passage_match
-from heft.diagnostics import flips, intruders, mcnemar, paired_seeds, spectrum, updated_weights
+from heft.data.sources import validate_rows
+from heft.stats import mcnemar, paired_seeds
+from heft.study.derived import passage_match, write_derived_task
+from heft.study.diagnostics import flips, intruders, spectrum, updated_weights
 
 
 def spectrum_matrix(n=64, seed=0):
@@ -22,7 +23,8 @@ def spectrum_matrix(n=64, seed=0):
 def test_a_large_rank_one_update_in_a_new_direction_is_one_intruder():
     w = spectrum_matrix()
     g = torch.Generator().manual_seed(1)
-    u, v = torch.randn(64, 1, generator=g, dtype=torch.float64), torch.randn(64, 1, generator=g, dtype=torch.float64)
+    u = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(64, 1, generator=g, dtype=torch.float64)
     u, v = u / u.norm(), v / v.norm()
     # a random direction has max |cos| ~ 0.3-0.4 with the 64 base directions: below 0.5
     assert intruders(w, w + 30 * u @ v.T, k=10, eps=0.5) == 1
@@ -73,7 +75,7 @@ def test_paired_seeds_uses_the_differences():
 
 
 def test_passage_match_is_balanced_deterministic_and_mismatches_articles(boolq_validation, tmp_path):
-    path = build("passage-match", str(boolq_validation), str(tmp_path / "pm.jsonl"), seed=0)
+    path = write_derived_task("passage-match", str(boolq_validation), str(tmp_path / "pm.jsonl"), seed=0)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     source = [json.loads(line) for line in boolq_validation.read_text().splitlines()]
     assert len(rows) == len(source) == 3270
@@ -82,6 +84,6 @@ def test_passage_match_is_balanced_deterministic_and_mismatches_articles(boolq_v
     for r, s in zip(rows, source):
         assert r["question"] == s["question"]
         assert (r["passage"] == s["passage"]) == bool(r["label"])  # negatives come from another article
-    again = build("passage-match", str(boolq_validation), str(tmp_path / "pm2.jsonl"), seed=0)
+    again = write_derived_task("passage-match", str(boolq_validation), str(tmp_path / "pm2.jsonl"), seed=0)
     assert again.read_bytes() == path.read_bytes()
     assert passage_match(source[:50], seed=1) != passage_match(source[:50], seed=0)

@@ -21,29 +21,32 @@ from pathlib import Path
 
 import pytest
 
-from heft.artifacts import META, ArtifactStore
+from heft.store.artifacts import META, ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = r"""
 import json, sys, time
-from heft.artifacts import ArtifactStore
-from heft.pipeline import run_pipeline, run_stage
+from heft.plan import plan
 from heft.presets import load_run_config
+from heft.progress import Progress
+from heft.stages import run_step
+from heft.store.artifacts import ArtifactStore
 cfg = load_run_config("deployments/stories-boolq.yaml", sys.argv[1:])
 store = ArtifactStore(cfg.artifact_root)
-def call(stage, c, parent):
-    print(f"START {stage} {time.monotonic():.3f}", flush=True)
-    art = run_stage(stage, c, parent, store, on_epoch=lambda e, m: print(f"EPOCH {stage} {e}", flush=True))
-    print(f"END {stage} {time.monotonic():.3f}", flush=True)
-    return art
-out = run_pipeline(cfg, call)
-print("RESULT " + json.dumps({k: a.metrics for k, a in out.items()}), flush=True)
+steps, done = plan(cfg).steps, {}
+for step in steps:
+    print(f"START {step.stage} {time.monotonic():.3f}", flush=True)
+    events = Progress(on_epoch=lambda e, m, s=step.stage: print(f"EPOCH {s} {e}", flush=True))
+    done[step.key] = run_step(step, done.get(step.parent_key), store, events)
+    print(f"END {step.stage} {time.monotonic():.3f}", flush=True)
+print("RESULT " + json.dumps({s.name: done[s.key].metrics for s in steps}), flush=True)
 """
 TARGETS = ("data", "lora", "merge", "reft", "evaluate")
 
 
 def overrides(keyword_data, root: Path) -> list[str]:
-    return ["model.max_length=64", f"data.source={keyword_data}", "data.holdout_size=60", "data.valid_size=40",
+    return ["model.max_length=64", f"data.source={keyword_data}", "data.holdout_size=60",
+            "data.valid_size=40",
             "data.max_train=240", "lora.lr=3e-3", "reft.lr=1e-2", "lora.epochs=3", "reft.epochs=3",
             f"artifact_root={root}"]
 
@@ -110,12 +113,14 @@ def inject(reference, keyword_data, root: Path, stage: str, fraction: float, eve
         if rel.parts[0] in (".tmp", ".trash"):
             continue
         art = store.find(str(rel.parent), rel.name)
-        assert art is not None and store.verify(art) == "", f"corrupt artifact {rel}"
+        assert art is not None and store.verify(art) is None, f"corrupt artifact {rel}"
         checked += 1
-    assert result(lines2) == metrics, f"kill in {stage} at +{delay:.2f} s: metrics differ from the uninterrupted run"
+    assert result(lines2) == metrics, (f"kill in {stage} at +{delay:.2f} s: "
+                                       "metrics differ from the uninterrupted run")
     resumed = json.loads(next(ln for ln in lines2 if ln.startswith("RESULT "))[7:])
     return {"stage": stage, "delay": round(delay, 2), "landed": where, "verified": checked,
-            "resumed_lora": resumed["lora"]["resumed_from_epoch"], "resumed_reft": resumed["reft"]["resumed_from_epoch"]}
+            "resumed_lora": resumed["lora"]["resumed_from_epoch"],
+            "resumed_reft": resumed["reft"]["resumed_from_epoch"]}
 
 
 def run_injections(reference, keyword_data, tmp_path, stages, fractions) -> list[dict]:
@@ -170,9 +175,10 @@ def test_same_seed_gives_identical_metrics_and_weights(reference, keyword_data, 
     assert len(digest) >= 3 and digest == weights_digest(ref_root)
 
 
-def test_nan_loss_stops_the_stage_naming_the_step_and_caches_nothing(stories, keyword_data, tmp_path, monkeypatch):
-    from heft import training
-    from heft.pipeline import key_of, run_pipeline
+def test_nan_loss_stops_the_stage_naming_the_step_and_caches_nothing(stories, keyword_data, tmp_path,
+                                                                      monkeypatch):
+    from heft.modeling import training
+    from heft.pipeline import run_pipeline
     from heft.presets import load_run_config
     cfg = load_run_config("deployments/stories-boolq.yaml", overrides(keyword_data, tmp_path / "art"))
     real, calls = training.models.loss_fn, []

@@ -61,7 +61,7 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
     assert sorted(r.info.run_name for r in children) == sorted(
-        ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merge", "reft", "evaluate:reft"])
+        ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merged", "reft", "evaluate:heft"])
     lora = next(r for r in children if r.info.run_name == "lora")
     assert lora.data.tags["heft.cached"] == "false" and lora.data.params["lora.alpha"] == "32"
     curve = client.get_metric_history(lora.info.run_id, "train_loss")
@@ -72,7 +72,8 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
 
 
 def test_bad_layer_fails_before_any_work(harness, cfg, tmp_path):
-    bad = dataclasses.replace(cfg, reft=dataclasses.replace(cfg.reft, layer=9), artifact_root=str(tmp_path / "a"))
+    bad = dataclasses.replace(cfg, reft=dataclasses.replace(cfg.reft, layer=9),
+                              artifact_root=str(tmp_path / "a"))
     with pytest.raises(ConfigError, match=r"reft.layer=9: the model has 5 blocks"):
         heft(bad)
     assert not (tmp_path / "a" / "data").exists()

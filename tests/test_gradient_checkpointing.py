@@ -1,7 +1,8 @@
 """lora.gradient_checkpointing: outside the cache key, and the same training result."""
 import pytest
 
-from heft.artifacts import ArtifactStore, stage_key
+from heft.store.artifacts import ArtifactStore
+from heft.store.keys import stage_key
 from heft.pipeline import run_pipeline
 from heft.presets import load_run_config
 

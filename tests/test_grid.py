@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from heft.config import ConfigError
-from heft.grid import GridSpec, expand, load_grid
+from heft.study.grid import GridSpec, expand, load_grid
 
 GRIDS = sorted(Path("deployments/grids").glob("*.yaml"))
 STORIES_PRESET = "deployments/stories-boolq.yaml"
@@ -93,9 +93,12 @@ def test_prefect_yaml_grid_deployments_point_at_heft_grid():
 
 
 def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
-    from heft.study import load_study
-    depth = lambda name: 32 if "Llama" in name else 6
-    big = {g.name: expand(g, depth_of=depth) for g in load_study("deployments/study/llama2-7b.yaml").grid_specs()}
+    from heft.study.spec import load_study
+
+    def depth(name):
+        return 32 if "Llama" in name else 6
+    big = {g.name: expand(g, depth_of=depth)
+           for g in load_study("deployments/study/llama2-7b.yaml").grid_specs()}
     cmp = {(c.label, c.seed): c for c in big["study-comparison"]}
     assert len(cmp) == 21  # 7 cells x 3 seeds
     heft20 = cmp[("HEFT 20+20", 2)].config
@@ -103,7 +106,8 @@ def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
     assert (heft20.lora.rank, heft20.lora.alpha, heft20.reft.lr) == (8, 32, 2e-4)
     assert heft20.model.name == "meta-llama/Llama-2-7b-hf" and heft20.data.source == "google/boolq"
     assert sorted({c.config.reft.layer for c in big["study-ablation"]}) == [5, 10, 15, 16, 21]
-    small = {g.name: expand(g, depth_of=depth) for g in load_study("deployments/study/minilm.yaml").grid_specs()}
+    small = {g.name: expand(g, depth_of=depth)
+             for g in load_study("deployments/study/minilm.yaml").grid_specs()}
     scaled = {c.label: c.epochs for c in small["study-comparison"]}
     assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 5, "reft": 5}
     assert scaled["LoRA-only 6 (HEFT 3+3's epochs)"] == {"lora": 2}

@@ -3,8 +3,8 @@ for each kind of grid change, the paper preset's report, MLflow parent/child nes
 import pytest
 
 from flows.grid_flow import heft_grid
-from heft.artifacts import ArtifactStore
-from heft.grid import load_grid
+from heft.store.artifacts import ArtifactStore
+from heft.study.grid import load_grid
 
 SHARED_STAGES = ["data", "lora", "merge", "evaluate", "evaluate"]
 
@@ -77,7 +77,7 @@ def test_ablation_report_heatmap_and_mlflow_nesting(ablation, base):
     assert len(cells) == 9 and {r.data.tags["heft.grid"] for r in cells} == {"ablation"}
     assert all("accuracy" in r.data.metrics and "reft.rank" in r.data.params for r in cells)
     stages = client.search_runs([exp], f"tags.mlflow.parentRunId = '{cells[0].info.run_id}'")
-    assert {r.info.run_name for r in stages} >= {"lora", "merge", "reft", "evaluate:reft"}
+    assert {r.info.run_name for r in stages} >= {"lora", "merge", "reft", "evaluate:heft"}
 
 
 def test_lora_rank_change_reruns_everything_below_data(harness, base):
@@ -127,4 +127,5 @@ def test_paper_preset_report_has_its_four_rows(harness, base):
     assert states(lora_only)[1] == ("lora", "Cached")  # HEFT 20+20's LoRA stage
     table = open(f"{out['report_dir']}/report.md").read().splitlines()
     body = [line for line in table if line.startswith("| ") and not line.startswith("| cell")]
-    assert [line.split(" | ")[0][2:] for line in body] == ["HEFT 3+3", "HEFT 20+20", "LoRA-only 20", "ReFT-only 20"]
+    assert [line.split(" | ")[0][2:] for line in body] == ["HEFT 3+3", "HEFT 20+20", "LoRA-only 20",
+                                                           "ReFT-only 20"]

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from heft.loreft import Intervention, LoReFT
-from heft.models import transformer_layers
+from heft.modeling.loreft import Intervention, LoReFT
+from heft.modeling.models import transformer_layers
 
 
 @pytest.fixture
@@ -93,3 +93,60 @@ def test_save_load_bit_identical_and_pyreft_reads_it(tmp_path):
     theirs = pyreft.LoreftIntervention(embed_dim=16, low_rank_dimension=4, dtype=torch.float32)
     theirs.load_state_dict(load_file(str(tmp_path / "intervention.safetensors")))
     torch.testing.assert_close(theirs(h), m(h), rtol=0, atol=1e-6)
+
+
+def _edited(iv, hidden, mask):
+    """The hook's output for one block output ``hidden`` (no model needed)."""
+    iv.set_batch(mask)
+    return iv._hook(None, (), hidden)
+
+
+@pytest.mark.parametrize("positions,length", [("f2+l2", 3), ("f3+l3", 2), ("f1+l1", 1), ("l4", 2)])
+def test_short_prompts_edit_each_token_once_gradient_by_finite_differences(positions, length):
+    """A prompt shorter than first_n + last_n: the overlapping slots are one token.  The
+    gradient of a loss through the hook must equal central finite differences (float64);
+    writing a token twice would give exactly 2x there."""
+    torch.manual_seed(0)
+    iv = Intervention(LoReFT(8, 2).double(), layer=0, positions=positions)
+    with torch.no_grad():
+        iv.loreft.learned_source.bias.normal_()
+    width = length + 2  # two padding positions after the row
+    hidden = torch.randn(1, width, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1] * length + [0] * 2])
+    weights = torch.randn(1, width, 8, dtype=torch.float64)
+
+    def loss(h):
+        return (_edited(iv, h, mask) * weights).sum()
+    loss(hidden).backward()
+    numeric = torch.zeros_like(hidden)
+    eps = 1e-6
+    for t in range(width):
+        for j in range(8):
+            plus, minus = hidden.detach().clone(), hidden.detach().clone()
+            plus[0, t, j] += eps
+            minus[0, t, j] -= eps
+            numeric[0, t, j] = (loss(plus) - loss(minus)) / (2 * eps)
+    torch.testing.assert_close(hidden.grad, numeric, rtol=1e-6, atol=1e-8)
+    # and the forward pass edits exactly the row's selected tokens, padding untouched
+    first, last = iv.first_n, iv.last_n
+    want = set(range(min(first, length))) | set(range(max(0, length - last), length))
+    out = _edited(iv, hidden.detach(), mask)
+    changed = (out - hidden.detach()).abs().amax(-1)[0] > 1e-9
+    assert set(changed.nonzero().flatten().tolist()) == want
+    with torch.no_grad():  # each selected token is LoReFT(h) once, not h + 2 (LoReFT(h) - h)
+        torch.testing.assert_close(out[0, sorted(want)], iv.loreft(hidden.detach()[0, sorted(want)]))
+
+
+def test_left_padded_batches_are_refused_not_mis_scored():
+    from heft.data.batching import Encoded, collate
+    from heft.modeling.models import class_scores
+    enc = Encoded(input_ids=[[5, 6, 7], [5]], token_type_ids=None, labels=[1, 0])
+    batch = collate(enc, [0, 1], pad_id=0)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]  # heft pads on the right
+    left = torch.tensor([[1, 1, 1], [0, 0, 1]])
+    iv = Intervention(LoReFT(8, 2), layer=0, positions="l1")
+    with pytest.raises(ValueError, match="not right-padded"):
+        iv.set_batch(left)
+    with pytest.raises(ValueError, match="not right-padded"):
+        class_scores(None, {"input_ids": batch["input_ids"], "attention_mask": left}, "causal-lm", "cls",
+                     (1, 2))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from heft.artifacts import ArtifactStore
+from heft.store.artifacts import ArtifactStore
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
 from heft.pipeline import run_pipeline
 
@@ -36,7 +36,9 @@ def test_intervention_is_trained_orthonormal_and_applied_in_eval(heft_run):
     assert m["rotation_orthonormality_error"] < 1e-4
     assert m["intervention_mean_abs_score_change"] > 1e-3
     store = ArtifactStore(cfg.artifact_root)
-    read = lambda name: [json.loads(line) for line in open(store.local_path(out[name]) / "predictions.jsonl")]
+
+    def read(name):
+        return [json.loads(line) for line in open(store.local_path(out[name]) / "predictions.jsonl")]
     merged, heft = read("eval:merged"), read("eval:heft")
     assert len(merged) == len(heft) == 100
     assert max(abs(a["score_true"] - b["score_true"]) for a, b in zip(merged, heft)) > 1e-3
@@ -69,7 +71,9 @@ def test_reft_only_then_reverse_order_reft_lora(keyword_config, tmp_path):
     assert rev["lora"].lineage("intervention") == f"artifact:reft/{out['reft'].key}"
     assert rev["eval:reft-lora"].metrics["accuracy"] > 0.85
     store = ArtifactStore(cfg.artifact_root)
-    read = lambda name: [json.loads(line) for line in open(store.local_path(rev[name]) / "predictions.jsonl")]
+
+    def read(name):
+        return [json.loads(line) for line in open(store.local_path(rev[name]) / "predictions.jsonl")]
     assert max(abs(a["score_true"] - b["score_true"])
                for a, b in zip(read("eval:reft"), read("eval:reft-lora"))) > 1e-3  # LoRA changed it
 
@@ -82,7 +86,8 @@ def test_base_mode_evaluates_untrained_model(keyword_config, tmp_path):
 
 def test_boolq_passage_causal_path_end_to_end(stories, boolq_validation, tmp_path):
     cfg = RunConfig(model=ModelConfig(name=str(stories), max_length=96),
-                    data=DataConfig(source=str(boolq_validation), holdout_size=64, valid_size=32, max_train=64),
+                    data=DataConfig(source=str(boolq_validation), holdout_size=64, valid_size=32,
+                                    max_train=64),
                     lora=LoraConfig(epochs=1, lr=1e-3), reft=ReftConfig(epochs=1, lr=1e-3, layer=4),
                     artifact_root=str(tmp_path))
     out = run_pipeline(cfg)

@@ -3,8 +3,8 @@
 On this CPU machine it runs the same code path the GPU runs, dtype for dtype: the base and
 merged weights in bf16, the LoRA adapter upcast to float32 by peft, the LoReFT intervention
 kept in float32 (torch has no bf16 householder product, and bf16 would round its small
-AdamW steps away; heft/loreft.py), and the merge check relative to the scores' scale
-(heft/merge.py).  Before those two fixes this chain failed at the merge (an absolute
+AdamW steps away; heft/modeling/loreft.py), and the merge check relative to the scores' scale
+(heft/stages/merge.py).  Before those two fixes this chain failed at the merge (an absolute
 tolerance against bf16 rounding) and then at the ReFT stage (no bf16 ``orgqr``).
 The ``gpu`` test repeats it on CUDA when a GPU is there (``pytest -m gpu``).
 """
@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from heft import models
-from heft.artifacts import ArtifactStore
+from heft.modeling import models
+from heft.store.artifacts import ArtifactStore
 from heft.pipeline import run_pipeline
 
 
@@ -26,7 +26,9 @@ def run_bf16_chain(keyword_config, root) -> None:
     cfg = keyword_config(root, model={"dtype": "bfloat16"})  # tests/test_pipeline.py's task, in bf16
     out = run_pipeline(cfg)
     store = ArtifactStore(cfg.artifact_root)
-    path = lambda name, *rel: store.local_path(out[name]).joinpath(*rel)
+
+    def path(name, *rel):
+        return store.local_path(out[name]).joinpath(*rel)
     # learns the keyword task in bf16 as in float32 (tests/test_pipeline.py), majority ~50%
     assert out["eval:lora"].metrics["accuracy"] > 0.85
     assert out["eval:heft"].metrics["accuracy"] > 0.85

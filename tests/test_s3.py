@@ -1,7 +1,7 @@
 """The same pipeline with data and artifacts on S3 (s3fs against a moto server on loopback)."""
 import pytest
 
-from heft.artifacts import ArtifactStore
+from heft.store.artifacts import ArtifactStore
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
 from heft.pipeline import run_pipeline
 
@@ -13,7 +13,8 @@ def s3(tmp_path_factory):
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                 "AWS_DEFAULT_REGION": "us-east-1",
                  "AWS_ENDPOINT_URL": f"http://{host}:{port}",
                  "HEFT_CACHE_DIR": str(tmp_path_factory.mktemp("s3cache"))}.items():
         mp.setenv(k, v)
@@ -84,7 +85,8 @@ class FlakyS3:
                 data = resp.read()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server",
+                                         "date"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -135,5 +137,5 @@ def test_transient_s3_errors_are_retried_with_backoff(s3, stories, keyword_data,
     assert failed_after >= 1 and proxy.injected > failed_after + 3  # faults kept coming, and were retried
     store = ArtifactStore("s3://heft-test/with-retries")
     for name in ("data", "lora", "merge", "reft", "eval:heft"):
-        assert store.verify(out[name]) == "", name
+        assert store.verify(out[name]) is None, name
     print(f"S3 requests {proxy.requests}, injected 500s {proxy.injected}")

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from flows.study_flow import heft_study
-from heft.grid import load_grid
-from heft.study import gather
+from heft.study.grid import load_grid
+from heft.study.spec import gather
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +29,7 @@ def study(harness, stories, keyword_data, boolq_validation, tmp_path_factory):
                       "data.valid_size=40", "data.max_train=240", "lora.lr=3e-3", "reft.lr=1e-2",
                       f"artifact_root={tmp}/art", f"tracking_uri=sqlite:///{tmp}/mlflow.db"],
         "derived": [{"task": "passage-match", "source": str(boolq_validation), "out": str(tmp / "pm.jsonl")}],
-        "results": str(tmp / "docs" / "results.md")}))
+        "results": str(tmp / "docs" / "results.md"), "facts": "deployments/study/paper.yaml"}))
     first = heft_study(study=str(spec))
     text = (tmp / "docs" / "results.md").read_text()
     second = heft_study(study=str(spec))
@@ -103,7 +103,8 @@ def test_mlflow_nests_study_grids_and_cells_with_diagnostics(study):
     assert len(cells) == 14
     heft_cells = [c for c in cells if c.data.tags["heft.method"] == "heft"]
     assert len(heft_cells) == 4 and all("reft_fix_rate" in c.data.metrics for c in heft_cells)
-    assert all("lora_intruders_0.5" in c.data.metrics for c in cells if c.data.tags["heft.method"] == "lora-only")
+    assert all("lora_intruders_0.5" in c.data.metrics for c in cells
+               if c.data.tags["heft.method"] == "lora-only")
 
 
 def test_rerun_trains_nothing_and_reproduces_the_tables(study):
@@ -111,12 +112,16 @@ def test_rerun_trains_nothing_and_reproduces_the_tables(study):
     from mlflow import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_run(second["mlflow_run_id"]).info.experiment_id
-    grids = lambda run: {g.data.tags["heft.grid"]: g.data.metrics for g in
-                         client.search_runs([exp], f"tags.mlflow.parentRunId = '{run['mlflow_run_id']}'")}
+
+    def grids(run):
+        return {g.data.tags["heft.grid"]: g.data.metrics for g in
+                client.search_runs([exp], f"tags.mlflow.parentRunId = '{run['mlflow_run_id']}'")}
     before, after = grids(first), grids(second)
     assert {g: m["stages_ran"] for g, m in after.items()} == {"study-ablation": 0, "study-comparison": 0}
     for g, m in after.items():  # every stage task of the first run answered from the cache
         assert m["stages_cached"] == before[g]["stages_ran"] + before[g]["stages_cached"] > 0
     again = (tmp / "docs" / "results.md").read_text()
-    table = lambda t: [line for line in t.splitlines() if line.startswith("| ")]
+
+    def table(t):
+        return [line for line in t.splitlines() if line.startswith("| ")]
     assert table(again) == table(text)

@@ -32,26 +32,34 @@ def unwritable(tmp_path) -> str:
 
 # (class, extra argv builder, text the error must contain)
 CASES = [
-    ("unknown model folder", lambda t: ["model.name=../shared/models/nope"], "model.name='../shared/models/nope': no such folder"),
-    ("unknown hub model id (offline)", lambda t: ["model.name=nobody/no-such-model"], "model.name='nobody/no-such-model'"),
+    ("unknown model folder", lambda t: ["model.name=../shared/models/nope"],
+     "model.name='../shared/models/nope': no such folder"),
+    ("unknown hub model id (offline)", lambda t: ["model.name=nobody/no-such-model"],
+     "model.name='nobody/no-such-model'"),
     ("ReFT layer >= depth", lambda t: ["reft.layer=5"], "reft.layer=5: the model has 5 blocks"),
     ("ReFT layer < 0", lambda t: ["reft.layer=-1"], "reft.layer=-1"),
     ("low-rank dim <= 0", lambda t: ["reft.rank=0"], "reft.rank=0"),
-    ("low-rank dim > hidden size", lambda t: ["reft.rank=65"], "reft.rank=65: must be in [1, hidden size 64]"),
+    ("low-rank dim > hidden size", lambda t: ["reft.rank=65"],
+     "reft.rank=65: must be in [1, hidden size 64]"),
     ("LoRA rank <= 0", lambda t: ["lora.rank=0"], "lora.rank=0"),
-    ("unknown LoRA target module", lambda t: ["lora.target_modules=[q_proj,qkv]"], "lora.target_modules=['qkv']"),
+    ("unknown LoRA target module", lambda t: ["lora.target_modules=[q_proj,qkv]"],
+     "lora.target_modules=['qkv']"),
     ("epochs < 0", lambda t: ["reft.epochs=-2"], "reft.epochs=-2"),
     ("missing data source", lambda t: [f"data.source={t}/none.jsonl"], "none.jsonl' does not exist"),
     ("empty split", lambda t: [f"data.source={jsonl(t, 'empty.jsonl', [])}"], "empty.jsonl: split is empty"),
-    ("missing column", lambda t: [f"data.source={jsonl(t, 'nolabel.jsonl', [ROW, {'question': 'q', 'passage': 'p'}])}"],
+    ("missing column",
+     lambda t: [f"data.source={jsonl(t, 'nolabel.jsonl', [ROW, {'question': 'q', 'passage': 'p'}])}"],
      "nolabel.jsonl: row 1: missing field 'label'"),
     ("non-boolean label", lambda t: [f"data.source={jsonl(t, 'yes.jsonl', [ROW, {**ROW, 'label': 'yes'}])}"],
      "yes.jsonl: row 1: field 'label' must be a boolean, got 'yes'"),
-    ("passage null in passage format", lambda t: [f"data.source={jsonl(t, 'nopassage.jsonl', [{**ROW, 'passage': None}])}"],
+    ("passage null in passage format",
+     lambda t: [f"data.source={jsonl(t, 'nopassage.jsonl', [{**ROW, 'passage': None}])}"],
      "nopassage.jsonl: row 0: field 'passage' must be a string"),
     ("unknown position spec", lambda t: ["reft.positions=x3"], "reft.positions='x3'"),
-    ("invalid artifact root URL", lambda t: ["artifact_root=nosuchproto://bucket/x"], "artifact_root='nosuchproto://bucket/x'"),
-    ("unreachable artifact root", lambda t: ["artifact_root=s3://heft-none/x"], "artifact_root='s3://heft-none/x': not reachable"),
+    ("invalid artifact root URL", lambda t: ["artifact_root=nosuchproto://bucket/x"],
+     "artifact_root='nosuchproto://bucket/x'"),
+    ("unreachable artifact root", lambda t: ["artifact_root=s3://heft-none/x"],
+     "artifact_root='s3://heft-none/x': not reachable"),
     ("unwritable folder", lambda t: [f"artifact_root={unwritable(t)}"], "not writable"),
     ("artifact root under a file", lambda t: [f"artifact_root={t}/ROW.txt/a"], "is a file, not a folder"),
     ("unknown override key", lambda t: ["lora.rnak=4"], "unknown option 'lora.rnak'"),
@@ -105,25 +113,32 @@ def test_validation_skips_what_finished_artifacts_prove(stories, keyword_data, t
     import subprocess
     import sys
     from heft import validate as v
-    from heft.pipeline import FINAL_EVAL, planned_keys, run_pipeline
+    from heft.pipeline import run_pipeline
+    from heft.plan import FINAL_EVAL, plan
     from heft.presets import load_run_config
     overrides = [f"artifact_root={tmp_path}/art", f"data.source={keyword_data}", f"mode={mode}",
                  "data.holdout_size=40", "data.valid_size=20", "data.max_train=60",
                  "model.max_length=32", "lora.epochs=1", "reft.epochs=1"]
     cfg = load_run_config(PRESET, overrides)
     built, skeleton = [], v.model_skeleton
-    monkeypatch.setattr(v, "model_skeleton", lambda *a: built.append(a) or skeleton(*a))
-    assert v.validate(cfg)["depth"] > 0
+    def counted(*args):
+        built.append(args)
+        return skeleton(*args)
+    monkeypatch.setattr(v, "model_skeleton", counted)
+    assert v.validate(plan(cfg)).model["depth"] > 0
     assert len(built) == 1  # nothing cached yet: the LoRA targets are checked on the skeleton
     out = run_pipeline(cfg)
-    assert planned_keys(cfg) == {name: (art.stage, art.key) for name, art in out.items()}
-    assert v.validate(cfg) == {"cached": len(out) - 1}  # every stage but the virtual base
+    assert {s.name: (s.stage, s.key) for s in plan(cfg).steps} == {
+        name: (art.stage, art.key) for name, art in out.items()}
+    checked = v.validate(plan(cfg))
+    assert checked.all_built and len(checked.built) == len(out) and checked.model is None
     # ... and a fully cached check imports neither torch nor transformers
     probe = ("import sys; from heft.presets import load_run_config; from heft.validate import validate; "
-             f"print(validate(load_run_config({PRESET!r}, {overrides!r})), "
+             "from heft.plan import plan; "
+             f"c = validate(plan(load_run_config({PRESET!r}, {overrides!r}))); print(len(c.built), c.model, "
              "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert shown.strip() == f"{{'cached': {len(out) - 1}}} []"
+    assert shown.strip() == f"{len(out)} None []"
     shutil.rmtree(out[f"eval:{FINAL_EVAL[mode]}"].uri)  # something to build: the model is checked,
-    assert v.validate(cfg)["depth"] > 0
+    assert v.validate(plan(cfg)).model["depth"] > 0
     assert len(built) == 1  # but the finished LoRA artifact still stands for the module-name check

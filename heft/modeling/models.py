@@ -1,0 +1,148 @@
+"""The two model families behind one interface.
+
+* causal-lm (Llama & co.): the prompt ends where the answer starts; an example's two
+  class scores are the next-token logits of ' false' and ' true' at its last prompt
+  token.  Training minimises the LM loss of the answer token at that same position.
+* seq-cls (BERT & co.): a 2-label classification head; scores are its logits.
+
+Either way a batch gives a (B, 2) score matrix, column 1 = "true", so training,
+evaluation and both stages share one code path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from heft.config import ConfigError, ModelConfig
+from heft.data.prompts import ANSWER_CUE
+from heft.modeling.loreft import check_right_padded
+from heft.modeling.names import resolve_name
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HEAD_MODULES = ("classifier", "score")  # the seq-cls heads of HF models (trained, never LoRA-adapted)
+
+
+def device() -> torch.device:
+    """CUDA when there is one (bf16 presets are meant for it), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def auto_config(name: str, gguf_file: str = ""):
+    from transformers import AutoConfig
+    path = resolve_name(name)
+    try:
+        return AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as e:
+        if os.path.exists(path):
+            raise ConfigError(f"model.name={name!r}: this folder holds no loadable model config: {e}") \
+                from None
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:  # hub ids are 'name' or 'org/name'
+            raise ConfigError(f"model.name={name!r}: no such folder") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise ConfigError(f"model.name={name!r}: not a local folder, and the hub has no such model or "
+                          f"cannot be reached (HF_HUB_OFFLINE={offline}): {e}") from None
+
+
+def family_of(cfg: ModelConfig, hf_config=None) -> str:
+    if cfg.family != "auto":
+        return cfg.family
+    hf_config = hf_config or auto_config(cfg.name, cfg.gguf_file)
+    archs = hf_config.architectures or []
+    return "causal-lm" if any(a.endswith("ForCausalLM") for a in archs) else "seq-cls"
+
+
+def depth_of(hf_config) -> int:
+    return int(hf_config.num_hidden_layers)
+
+
+def load_tokenizer(path: str, family: str, gguf_file: str = ""):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(resolve_name(path), **({"gguf_file": gguf_file} if gguf_file else {}))
+    if tok.pad_token is None:  # Llama tokenizers ship without one; padding is masked anyway
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.padding_side = "right"
+    if family == "causal-lm":
+        tok.truncation_side = "left"  # keep the question and "Answer:" at the end of long prompts
+    return tok
+
+
+def answer_token_ids(tok) -> tuple[int, int]:
+    """Ids of the first token of ' false' and ' true' as they follow 'Answer:' in a prompt.
+
+    Encoding the words alone is wrong for sentencepiece tokenizers (leading '▁' tokens),
+    so encode prompt and prompt+answer and take the first new token.
+    """
+    prefix = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+    ids = []
+    for word in ("false", "true"):
+        full = tok(f"{ANSWER_CUE} {word}", add_special_tokens=False).input_ids
+        ids.append(full[len(prefix)])
+    if ids[0] == ids[1]:
+        raise ConfigError(f"tokenizer maps ' false' and ' true' to the same first token {ids[0]}")
+    return ids[0], ids[1]
+
+
+class MeanPoolHead(nn.Module):
+    """Replaces BERT's CLS pooler: mean of the last hidden states over real tokens."""
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def load_model(path: str, family: str, dtype: str = "float32", gguf_file: str = ""):
+    """Model from a hub id or folder (or a GGUF file in it, de-quantized); seq-cls gets a
+    (seeded) fresh 2-label head if it has none."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    kwargs = {"dtype": TORCH_DTYPES[dtype], **({"gguf_file": gguf_file} if gguf_file else {})}
+    if family == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(resolve_name(path), **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_name(path), num_labels=2, **kwargs)
+    return model
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of blocks (first ModuleList as long as config.num_hidden_layers)."""
+    depth = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return module
+    raise ValueError(f"no ModuleList of {depth} blocks in {type(model).__name__}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def class_scores(model: nn.Module, batch: dict, family: str, pooling: str, answer_ids=None) -> tuple:
+    """(scores (B, 2), answer logits over the vocabulary (B, V) or None)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    base = unwrap(model)
+    check_right_padded(mask)
+    if family == "causal-lm":
+        # Run the decoder and apply the LM head only at each example's last prompt token:
+        # right padding puts it at length-1, and computing (B, T, V) logits is wasteful.
+        hidden = getattr(base, base.base_model_prefix)(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = mask.sum(1) - 1
+        vocab_logits = base.get_output_embeddings()(hidden[torch.arange(ids.shape[0]), last])
+        return vocab_logits[:, list(answer_ids)], vocab_logits
+    if pooling == "mean":
+        encoder = getattr(base, base.base_model_prefix)
+        hidden = encoder(input_ids=ids, attention_mask=mask,
+                         token_type_ids=batch.get("token_type_ids")).last_hidden_state
+        pooled = MeanPoolHead()(hidden, mask)
+        return base.classifier(base.dropout(pooled) if hasattr(base, "dropout") else pooled), None
+    out = model(input_ids=ids, attention_mask=mask, token_type_ids=batch.get("token_type_ids"))
+    return out.logits, None
+
+
+def loss_fn(scores: torch.Tensor, vocab_logits, labels: torch.Tensor, answer_ids=None) -> torch.Tensor:
+    """Cross-entropy of the gold answer: over the vocabulary for causal LMs (the LM loss of the
+    answer token), over the two labels for a classification head."""
+    if vocab_logits is not None:
+        targets = torch.tensor(answer_ids, device=labels.device)[labels.long()]
+        return nn.functional.cross_entropy(vocab_logits.float(), targets)
+    return nn.functional.cross_entropy(scores.float(), labels.long())

@@ -1,0 +1,81 @@
+"""CPU precision: bf16 autocast where the CPU has bf16 matmul, float32 elsewhere.
+
+``model.autocast`` is ``auto``, ``bfloat16`` or ``off``.  Under bf16 autocast the matmuls of
+the model's forward pass run in bfloat16 while every stored tensor stays float32: the frozen
+weights, the LoRA and head parameters, the optimizer state, and the LoReFT intervention
+(heft/modeling/loreft.py leaves autocast for its own math), so an AdamW step of lr 2e-4 is
+never rounded to a bf16 ulp.  The loss is computed in float32 (heft/modeling/models.py).
+
+Training under autocast gives other weights than float32 training, so the choice is part of
+every key below the base model: ``resolved`` turns ``auto`` into what this machine does, and
+the plan keys on that (heft/plan.py).  On a CUDA device the weights' dtype (``model.dtype``)
+is the precision and CPU autocast does nothing.
+
+Whether the CPU has bf16 matmul is what torch's oneDNN build reports
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported``).  Measured on a 2-core AMD EPYC without
+avx512_bf16 (this project's machine on 2026-12-01): it reports False, and bf16 autocast ran a
+576x1536 matmul 43x *slower* than float32, so ``auto`` must not pick it there.  Asking torch
+costs an import (seconds); the answer is cached per CPU model and torch version, so a fully
+cached rerun still never imports torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+from contextlib import nullcontext
+from pathlib import Path
+
+from heft.store.hashing import cache_dir
+
+CHOICES = ("auto", "bfloat16", "off")
+
+
+def cpu_identity() -> str:
+    """CPU model and flags (Linux /proc/cpuinfo) plus the torch version: what the answer depends on."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = [platform.processor()]
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    return hashlib.sha256("\n".join(lines + [torch_version]).encode()).hexdigest()[:16]
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """torch's own answer, cached in HEFT_CACHE_DIR per CPU identity."""
+    path = cache_dir() / "cpu-bf16.json"
+    ident = cpu_identity()
+    try:
+        cached = json.loads(path.read_text())
+        if ident in cached:
+            return bool(cached[ident])
+    except (OSError, ValueError):
+        cached = {}
+    import torch
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    answer = bool(probe and torch.backends.mkldnn.is_available() and probe())
+    cached = cached if isinstance(cached, dict) else {}
+    cached[ident] = answer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cached))
+    return answer
+
+
+def resolved(choice: str) -> str:
+    """'bfloat16' or 'off' for this machine ('auto': bf16 only where the CPU has bf16 matmul)."""
+    if choice == "auto":
+        return "bfloat16" if cpu_has_bf16_matmul() else "off"
+    return choice
+
+
+def autocast(choice: str, device_type: str = "cpu"):
+    """The context a forward pass runs in: CPU bf16 autocast, or nothing."""
+    if choice == "bfloat16" and device_type == "cpu":
+        import torch
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()

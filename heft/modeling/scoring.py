@@ -1,0 +1,43 @@
+"""Batched two-way scoring: one forward pass per batch gives each row's (false, true) scores.
+
+A causal LM is scored by the next-token logits of ' false' and ' true' at its last prompt
+token (no generate(): one pass, no sampling, no parsing); an encoder by its 2-label head.
+The intervention, when there is one, is attached for the whole pass and told each batch's
+positions.  Evaluation, validation during training, the merge check and ``heft.load`` all
+score through ``predict``.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from tqdm.auto import tqdm
+
+from heft.data.batching import Encoded, collate, eval_batches, to_device
+from heft.modeling import models
+from heft.modeling.loreft import Intervention
+from heft.modeling.precision import autocast
+
+
+@torch.no_grad()
+def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, answer_ids,
+            pad_id: int, intervention: Intervention | None = None, desc: str = "eval",
+            return_scores: bool = False, precision: str = "off"):
+    """Predicted labels (N,) in the order of ``enc`` (and the (N, 2) scores if asked);
+    ``precision`` 'bfloat16' runs the forward passes under CPU bf16 autocast."""
+    was_training = model.training
+    model.eval()
+    scores_out = torch.zeros(len(enc), 2)
+    layers = models.transformer_layers(model) if intervention else None
+    dev = next(model.parameters()).device
+    with intervention.attached(layers) if intervention else nullcontext():
+        for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False):
+            batch = to_device(collate(enc, idx, pad_id), dev)
+            if intervention:
+                intervention.set_batch(batch["attention_mask"])
+            with autocast(precision, dev.type):
+                scores, _ = models.class_scores(model, batch, family, pooling, answer_ids)
+            scores_out[batch["index"].cpu()] = scores.float().cpu()
+    model.train(was_training)
+    preds = scores_out.argmax(1)
+    return (preds, scores_out) if return_scores else preds

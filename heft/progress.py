@@ -1,0 +1,30 @@
+"""How long work reports its progress: callbacks after every epoch and every N optimizer steps.
+
+A training stage calls ``on_epoch(epoch, metrics)`` after each epoch and
+``on_step(step, metrics)`` every ``every`` optimizer steps (``step`` counts optimizer steps
+from the start of the stage, so a resumed stage continues the same axis).  The Prefect
+tasks turn them into MLflow curves, run-log lines and a progress artifact; plain library
+calls leave them unset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+EpochCallback = Callable[[int, dict], None]
+StepCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class Progress:
+    on_epoch: EpochCallback | None = None
+    on_step: StepCallback | None = None
+    every: int = 10
+
+    def epoch(self, epoch: int, metrics: dict) -> None:
+        if self.on_epoch:
+            self.on_epoch(epoch, metrics)
+
+    def step(self, step: int, metrics: dict) -> None:
+        if self.on_step and step % self.every == 0:
+            self.on_step(step, metrics)

@@ -1,0 +1,85 @@
+"""Stage 2: LoReFT on the frozen (merged or base) model.
+
+Only the intervention (R, W, b: 2*r*d + r numbers) is trained, plus for an encoder the
+2-label head (as LoReFT does on GLUE); every model weight is frozen.  Because nothing
+below the intervention layer requires grad, autograd builds no graph there: the
+backward pass only runs through the blocks above ``layer``.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from heft.config import ConfigError, ReftConfig
+from heft.modeling import models
+from heft.modeling.loreft import Intervention, LoReFT
+from heft.modeling.scoring import predict
+from heft.modeling.training import train
+from heft.stages import Context
+from heft.stages.inputs import StageInputs, artifact_ref
+from heft.store.artifacts import Artifact, Built
+from heft.store.checkpoints import EpochCheckpoints
+
+
+def check_reft_config(cfg: ReftConfig, depth: int, hidden_size: int) -> None:
+    """Reject a layer or rank the model cannot take, before any weights are loaded."""
+    if not 0 <= cfg.layer < depth:
+        raise ConfigError(f"reft.layer={cfg.layer}: the model has {depth} blocks, "
+                          f"so it must be in [0, {depth - 1}]")
+    if not 1 <= cfg.rank <= hidden_size:
+        raise ConfigError(f"reft.rank={cfg.rank}: must be in [1, hidden size {hidden_size}]")
+
+
+def head_parameters(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if n.split(".")[0] in models.HEAD_MODULES}
+
+
+def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
+    if parent.stage not in ("merge", "base") or parent.meta["lineage"].get("intervention"):
+        raise ValueError(f"reft trains on a merged or base model without an intervention, "
+                         f"got a {parent.stage!r} artifact")
+    inputs = StageInputs.of(parent, ctx.store)
+    check_reft_config(cfg, inputs.depth, inputs.hidden_size)
+    tok = inputs.tokenizer()
+    train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
+    model = inputs.load_weights(cfg.seed)
+    model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    # float32 on any model dtype (heft/modeling/loreft.py: no bf16 orgqr, bf16 steps rounded away)
+    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout).to(models.device())
+    intervention = Intervention(loreft, cfg.layer, cfg.positions)
+    groups = [{"params": list(loreft.parameters())}]
+    head = head_parameters(model) if inputs.family == "seq-cls" and cfg.train_head else {}
+    for p in head.values():
+        p.requires_grad_(True)
+    if head:
+        groups.append({"params": list(head.values()), "lr": cfg.head_learning_rate})
+    kwargs = dict(family=inputs.family, pooling=inputs.model_cfg.pooling,
+                  answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id, precision=inputs.precision)
+    # checkpoint state: the intervention's parameters *and* buffers (the orthogonal map's
+    # base), plus the head; all live tensors, so restoring copies into them
+    state = {f"loreft.{n}": t for n, t in loreft.state_dict(keep_vars=True).items()}
+    state.update({f"head.{n}": p for n, p in head.items()})
+    history, resumed = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
+                             intervention=intervention, progress=ctx.progress,
+                             checkpoints=EpochCheckpoints(ctx.store, "reft", cfg, parent.key), state=state,
+                             **kwargs)
+    loreft.eval()
+    metrics = {"trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "resumed_from_epoch": resumed,
+               "rotation_orthonormality_error": loreft.orthonormality_error()}
+    if len(valid_enc):  # how much the trained intervention moves the scores (0 = a dead intervention)
+        _, with_iv = predict(model, valid_enc, 64, intervention=intervention, return_scores=True,
+                             desc="reft effect", **kwargs)
+        _, without = predict(model, valid_enc, 64, return_scores=True, desc="reft effect", **kwargs)
+        metrics["intervention_mean_abs_score_change"] = float((with_iv - without).abs().mean())
+    if history:
+        metrics.update({f"final_{k}": v for k, v in history[-1].items()})
+    intervention.save(ctx.out)
+    if head:
+        save_file({n: p.detach().contiguous() for n, p in head.items()}, str(ctx.out / "head.safetensors"))
+    (ctx.out / "history.json").write_text(json.dumps(history, indent=2))
+    ref = artifact_ref("reft", ctx.step.key)
+    return Built(metrics, lineage={"intervention": ref, "head": ref + "/head.safetensors" if head else None})

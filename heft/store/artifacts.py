@@ -1,0 +1,234 @@
+"""Content-addressed stage artifacts on a local folder or any fsspec URL (s3:// via s3fs).
+
+Layout: ``<root>/<stage>/<key>/`` holding the stage's files and ``meta.json`` (key, parent
+key, the exact dict the key hashes, full config, metrics, lineage, versions, and every file's
+size and sha256).  Keys: heft/store/keys.py.
+
+``get_or_build(step, parent, build)`` is the one find-or-build: it returns the finished
+artifact, or holds the key's build lock, looks again (another run may have finished it while
+we waited), lets ``build`` fill a fresh local folder and publishes it.  Publishing is atomic:
+on a local root one ``os.rename``; on an object store the files first and ``meta.json``
+last, so an entry counts as complete only once its meta.json exists.
+
+A lookup (``find``) reads meta.json and compares every listed file's size against one
+listing of the folder (cheap, also on S3).  An unreadable or malformed meta.json, or a
+missing or resized file, makes the entry *damaged*: it is logged with the artifact named,
+treated as absent, and set aside into ``.trash/`` when the stage is rebuilt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from heft.store.fs import is_local, normalize_root, url_to_fs
+from heft.store.hashing import cache_dir, sha256_file
+from heft.store.keys import FORMAT_VERSION, key_payload
+from heft.store.locks import FileLock, lock_name
+
+META = "meta.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished stage output: where it lives and what made it (a copy of meta.json)."""
+    stage: str
+    key: str
+    uri: str          # folder of this artifact (local path or URL)
+    meta: dict
+
+    @property
+    def metrics(self) -> dict:
+        return self.meta.get("metrics", {})
+
+    @property
+    def parent_key(self) -> str | None:
+        return self.meta.get("parent")
+
+    def lineage(self, name: str) -> Any:
+        """Values inherited along the chain, e.g. lineage('data_key'), lineage('weights')."""
+        return self.meta["lineage"][name]
+
+
+@dataclass
+class Built:
+    """What a stage function returns besides the files it wrote."""
+    metrics: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # entries it sets (None clears an inherited one)
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file under folder except meta.json."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "heft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class ArtifactStore:
+    """Finds, builds, publishes and fetches artifacts under one root (folder or fsspec URL)."""
+
+    def __init__(self, root: str, cache: str | None = None):
+        self.root = normalize_root(root)
+        self.fs, self.base = url_to_fs(self.root)
+        self.local = is_local(self.fs)
+        if self.local:
+            self.base = os.path.abspath(self.base)
+        # local copies of remote artifacts (keys are content hashes, so sharing is safe)
+        self.cache_dir = Path(cache) if cache else cache_dir()
+        self.locks = FileLock(Path(self.base) / ".locks" if self.local else self.cache_dir / ".locks")
+
+    def uri(self, stage: str, key: str) -> str:
+        path = f"{self.base}/{stage}/{key}"
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    # -- lookup -----------------------------------------------------------------------------
+    def find(self, stage: str, key: str) -> Artifact | None:
+        """The complete, undamaged artifact for this key, or None."""
+        folder = f"{self.base}/{stage}/{key}"
+        try:
+            raw = self.fs.cat_file(f"{folder}/{META}")  # one GET; see heft/store/fs.py on open()
+        except FileNotFoundError:
+            return None
+        problem = None
+        try:
+            meta = json.loads(raw)
+            if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) \
+                    or not isinstance(meta.get("lineage"), dict):
+                problem = "meta.json is not an artifact record (no 'files'/'lineage')"
+        except (ValueError, UnicodeDecodeError) as e:
+            problem = f"meta.json is not valid JSON ({e})"
+        if problem is None and meta.get("key") not in (None, key):
+            problem = f"meta.json names key {meta.get('key')!r}"
+        problem = problem or self.file_problem(folder, meta["files"])
+        if problem:
+            log.warning("ignoring damaged artifact %s/%s (%s); it will be rebuilt", stage, key, problem)
+            return None
+        return Artifact(stage=stage, key=key, uri=self.uri(stage, key), meta=meta)
+
+    def file_problem(self, folder: str, files: dict[str, dict]) -> str | None:
+        """None if every listed file exists with its recorded size, else what is wrong."""
+        if not files:
+            return None
+        strip = self.fs._strip_protocol
+        listing = {strip(p).removeprefix(strip(folder)).lstrip("/"): info
+                   for p, info in self.fs.find(folder, detail=True).items()}
+        for rel, want in files.items():
+            got = listing.get(rel)
+            if got is None:
+                return f"{rel} is missing"
+            if int(got.get("size", -1)) != want.get("size"):
+                return f"{rel} has {got.get('size')} bytes, expected {want.get('size')}"
+        return None
+
+    def verify(self, art: Artifact) -> str | None:
+        """Full check: None if every file's sha256 matches meta.json, else the first mismatch."""
+        folder = self.local_path(art)
+        for rel, want in art.meta.get("files", {}).items():
+            path = folder / rel
+            if not path.is_file() or sha256_file(path) != want["sha256"]:
+                return f"{rel}: sha256 differs from meta.json"
+        return None
+
+    # -- building ---------------------------------------------------------------------------
+    def get_or_build(self, step, parent: Artifact | None, build: Callable[[Path], Built]) -> Artifact:
+        """The artifact of ``step`` (a heft.plan.Step): found, or built by ``build(folder)``
+        under the key's lock and published.  Nothing is visible until it is complete."""
+        if (found := self.find(step.stage, step.key)) is not None:
+            return found
+        with self.lock(step.stage, step.key):
+            if (found := self.find(step.stage, step.key)) is not None:
+                return found  # another run built it while we waited
+            with self.scratch(step.stage, step.key) as tmp:
+                built = build(tmp)
+                inherited = dict(parent.meta.get("lineage", {})) if parent else {}
+                inherited.update(built.lineage)
+                meta = {"stage": step.stage, "key": step.key, "parent": step.parent_key,
+                        "format": FORMAT_VERSION, "keyed": key_payload(step.stage, step.config,
+                                                                       step.parent_key, step.inputs),
+                        "config": dataclasses.asdict(step.config), "metrics": built.metrics,
+                        "lineage": inherited}
+                return self.publish(tmp, step.stage, step.key, meta)
+
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        with self.locks.hold(stage, key):
+            yield
+
+    @contextmanager
+    def scratch(self, stage: str, key: str) -> Iterator[Path]:
+        """A fresh local folder to fill; removed afterwards whatever happens."""
+        parent = Path(self.base) / ".tmp" if self.local else self.cache_dir / ".tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{lock_name(stage, key)}-", dir=parent))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, tmp: Path, stage: str, key: str, meta: dict) -> Artifact:
+        """Add the file manifest and provenance to ``meta``, write it into tmp and move the
+        folder into place (meta.json last on object stores)."""
+        meta = dict(meta, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    files=manifest(tmp), build={"id": uuid.uuid4().hex, "host": platform.node(),
+                                                "pid": os.getpid()})
+        meta.setdefault("lineage", {})
+        final = f"{self.base}/{stage}/{key}"
+        text = json.dumps(meta, indent=2)
+        if self.local:
+            (tmp / META).write_text(text)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            if os.path.exists(final) and self.find(stage, key) is None:  # a damaged entry: set aside
+                trash = Path(self.base) / ".trash"
+                trash.mkdir(parents=True, exist_ok=True)
+                os.rename(final, tempfile.mkdtemp(prefix=f"{lock_name(stage, key)}-", dir=trash))
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another run published the same key first: keep theirs
+                if not os.path.exists(os.path.join(final, META)):
+                    raise
+        else:
+            for path in sorted(tmp.rglob("*")):
+                if path.is_file():
+                    self.fs.put_file(str(path), f"{final}/{path.relative_to(tmp).as_posix()}")
+            self.fs.pipe_file(f"{final}/{META}", text.encode())
+        found = self.find(stage, key)
+        if found is None:
+            raise RuntimeError(f"{stage} artifact {key} was published but cannot be read back "
+                               f"from {self.root}")
+        return found
+
+    # -- reading ----------------------------------------------------------------------------
+    def local_path(self, artifact: Artifact) -> Path:
+        """A local folder holding the artifact's files (downloaded once for remote roots)."""
+        if self.local:
+            return Path(artifact.uri)
+        target = self.cache_dir / artifact.stage / artifact.key
+        if not (target / META).exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.cache_dir))
+            self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+        return target

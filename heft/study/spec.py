@@ -1,0 +1,135 @@
+"""A study: several grids run as one (flow ``heft-study``), analysed into docs/results.md.
+
+A study spec (YAML under deployments/study/) names its grids, the grid fields and run
+overrides applied to every one of them (scale: epoch_scale, data.max_train, or a preset
+for another model), the derived tasks to build first, and the results file:
+
+    name: minilm-boolq
+    grids: [deployments/study/comparison.yaml, deployments/study/ablation.yaml]
+    overrides: [epoch_scale=0.25, data.max_train=600]
+    derived: [{task: passage-match, source: ..., out: .heft/derived/x.jsonl, seed: 0}]
+    results: docs/results.md
+    facts: deployments/study/paper.yaml   # main/ablation grids, titles, the paper's figures,
+                                          # the comparisons and curves to report (or inline)
+
+``gather`` reads back, from the artifact store, what each finished cell produced (stage
+artifacts, held-out predictions, per-epoch histories): the analysis needs no MLflow and no
+Prefect, only the cache that the grids filled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heft.config import ConfigError
+from heft.pipeline import built
+from heft.plan import FINAL_EVAL, plan
+from heft.presets import read_preset
+from heft.store.artifacts import Artifact, ArtifactStore
+from heft.store.fingerprints import Fingerprints
+from heft.study.grid import Cell, GridSpec, expand, load_grid
+
+FACTS = ("main", "ablation", "titles", "paper", "comparisons", "curves")
+STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts") + FACTS
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    grids: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    derived: tuple[dict, ...] = ()
+    results: str = "docs/results.md"
+    main: str = ""                         # grid of the comparison sections (default: the first)
+    ablation: str = ""                     # grid of the sensitivity section (optional)
+    titles: dict = field(default_factory=dict)       # grid name -> section title
+    paper: dict = field(default_factory=dict)        # cell label -> the paper's accuracy (%)
+    comparisons: tuple = ()                # (a, b, question) rows of the paired table
+    curves: tuple = ()                     # labels whose validation curves are drawn
+
+    def __post_init__(self):
+        if not self.name:
+            raise ConfigError("study.name: a study needs a name (it names the MLflow parent run)")
+        if not self.grids:
+            raise ConfigError(f"study {self.name!r}: grids: needs at least one grid YAML")
+        for g in self.grids:
+            if not Path(g).is_file():
+                raise ConfigError(f"study {self.name!r}: grid {g!r} does not exist")
+        for d in self.derived:
+            missing = {"task", "source", "out"} - set(d)
+            if missing:
+                raise ConfigError(f"study {self.name!r}: derived entry {d!r} lacks {sorted(missing)}")
+
+    def grid_specs(self, extra: list[str] = ()) -> list[GridSpec]:
+        return [load_grid(g, list(self.overrides) + list(extra)) for g in self.grids]
+
+
+def load_study(path: str) -> StudySpec:
+    values = read_preset(path)
+    unknown = sorted(set(values) - set(STUDY_FIELDS))
+    if unknown:
+        raise ConfigError(f"study {path!r}: unknown key(s) {unknown} (known: {', '.join(STUDY_FIELDS)})")
+    if values.get("facts"):  # a shared facts file; the study's own keys win
+        facts = read_preset(values["facts"])
+        extra = sorted(set(facts) - set(FACTS))
+        if extra:
+            raise ConfigError(f"facts {values['facts']!r}: unknown key(s) {extra} "
+                              f"(known: {', '.join(FACTS)})")
+        values = {**facts, **values}
+    return StudySpec(name=str(values.get("name", "")), grids=tuple(values.get("grids") or ()),
+                     overrides=tuple(values.get("overrides") or ()),
+                     derived=tuple(values.get("derived") or ()),
+                     results=str(values.get("results") or "docs/results.md"),
+                     main=str(values.get("main") or ""), ablation=str(values.get("ablation") or ""),
+                     titles=dict(values.get("titles") or {}), paper=dict(values.get("paper") or {}),
+                     comparisons=tuple(tuple(c) for c in values.get("comparisons") or ()),
+                     curves=tuple(values.get("curves") or ()))
+
+
+@dataclass
+class CellData:
+    """One finished cell, read back from the artifact store."""
+    cell: Cell
+    artifacts: dict[str, Artifact]
+    store: ArtifactStore
+    run_id: str = ""
+    _preds: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return self.artifacts["eval:" + FINAL_EVAL[self.cell.method]].metrics["accuracy"]
+
+    def predictions(self, evaluation: str | None = None) -> tuple[list[int], list[int]]:
+        """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final)."""
+        name = "eval:" + (evaluation or FINAL_EVAL[self.cell.method])
+        if name not in self._preds:
+            path = self.store.local_path(self.artifacts[name]) / "predictions.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            rows.sort(key=lambda r: r["index"])
+            self._preds[name] = ([r["pred"] for r in rows], [r["label"] for r in rows])
+        return self._preds[name]
+
+    def history(self, stage: str) -> list[dict]:
+        """Per-epoch metrics of a training stage of this cell ([] if it has none)."""
+        art = self.artifacts.get(stage)
+        if art is None:
+            return []
+        path = self.store.local_path(art) / "history.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+
+def gather(spec: GridSpec, run_ids: dict[str, str] | None = None) -> list[CellData]:
+    """Every cell of a grid that has run, its artifacts looked up by their planned keys
+    (nothing is trained: a missing artifact is an error, the grid is meant to have finished)."""
+    out, fingerprints = [], Fingerprints()
+    for cell in expand(spec):
+        planned = plan(cell.config, fingerprints)
+        store = ArtifactStore(cell.config.artifact_root)
+        arts = built(planned, store)
+        missing = [s.label for s in planned.steps if s.name not in arts]
+        if missing:
+            raise FileNotFoundError(f"cell {cell.run_name!r}: {', '.join(missing)} not in {store.root}: "
+                                    "run the study's grids first")
+        out.append(CellData(cell, arts, store, (run_ids or {}).get(cell.run_name, "")))
+    return out
