@@ -6,7 +6,10 @@
     heft grid --grid deployments/grids/paper.yaml preset=deployments/stories-boolq.yaml \
         epoch_scale=0.1 seeds=[0,1,2] data.max_train=200     # grid fields, then run overrides
     heft grid --grid deployments/grids/ablation.yaml --list  # print the cells, run nothing
+    heft grid --grid deployments/grids/reft-layers.yaml --register heft-boolq   # + Model Registry
     heft study --study deployments/study/minilm.yaml         # grids + docs/results.md (flow heft-study)
+    heft predict --model <key|folder|run id|models:/name@champion> --question ... --passage ...
+    heft export --model <ref> --to exported/                 # a folder that loads anywhere
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 
 import yaml
 
+from flows import model_cli
 from flows.prefect_server import prefect_api
 from heft.config import ConfigError
 from heft.presets import DEFAULT_PRESET, load_run_config, to_dict
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grid", help="run a grid of pipelines (flow heft-grid)")
     g.add_argument("--grid", default="deployments/grids/reft-layers.yaml", help="grid YAML")
     g.add_argument("--list", action="store_true", help="print the resolved cells and exit")
+    g.add_argument("--register", metavar="NAME", help="register the cell with the best validation accuracy "
+                                                      "as a new version of NAME (alias champion)")
     g.add_argument("overrides", nargs="*", help="grid fields (seeds=[0,1], epoch_scale=0.1, preset=...) "
                                                "or run-config overrides (reft.rank=8)")
     st = sub.add_parser("study", help="run a study's grids and write its results document (flow heft-study)")
@@ -56,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--results", default=None, help="results file (default: the study's `results:`)")
     st.add_argument("--list", action="store_true", help="print every grid's cells and exit")
     st.add_argument("overrides", nargs="*", help="grid fields or run overrides added to every grid")
+    model_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return model_cli.predict_command(args)
+    if args.command == "export":
+        return model_cli.export_command(args)
     if args.command == "grid":
         return grid_command(args)
     if args.command == "study":
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"heft: error: {e}", file=sys.stderr)
             return 2
     print(json.dumps(result["results"], indent=2))
+    print(f"model: {result['model']['key']} ({result['model']['uri']}); ask it with "
+          f"`heft predict --model {result['model']['key']} --question ... --passage ...`")
     return 0
 
 
@@ -93,7 +106,7 @@ def grid_command(args) -> int:
         with services_starting(cells[0].config.tracking_uri) as serve:
             from flows.grid_flow import heft_grid
             with serve():
-                heft_grid(spec=spec)
+                heft_grid(spec=spec, register=args.register)
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ task runner); nothing in heft/ changes.  Grid presets: deployments/grids/*.yaml.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -16,13 +17,14 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.heft_flow import heft
-from heft.config import ConfigError
+from heft.config import ConfigError, flat_params
 from heft.plan import Plan, plan
 from heft.store.fingerprints import Fingerprints
 from heft.study.grid import Cell, GridSpec, expand, load_grid
 from heft.study.grid_report import CellResult, write_report
 from heft.tracking import Tracker, experiment_id
 from heft.validate import validate
+from tasks.models import register_task
 
 DEFAULT_GRID = "deployments/grids/reft-layers.yaml"
 
@@ -33,6 +35,26 @@ def run_cell(cell: Cell, planned: Plan, grid_run: Tracker, grid_name: str) -> di
         planned=planned, mlflow_parent_run_id=grid_run.run_id, run_name=cell.run_name,
         mlflow_tags={"heft.grid": grid_name, "heft.cell": cell.label, "heft.method": cell.method,
                      "heft.seed": str(cell.seed)})
+
+
+def register_best(name: str, cells: list[Cell], results: list[CellResult], runs: list[dict],
+                  tracking_uri: str, grid_name: str) -> dict:
+    """Register the cell with the best validation accuracy.  Never the best held-out accuracy:
+    choosing on the held-out rows would make the reported held-out number optimistic."""
+    scored = [i for i, r in enumerate(results) if r.valid_accuracy is not None]
+    if not scored:
+        raise ConfigError(f"--register {name}: no cell of grid {grid_name!r} trained a model with a "
+                          "validation accuracy (data.valid_size=0, or untrained cells only)")
+    best = max(scored, key=lambda i: (results[i].valid_accuracy, -i))  # ties: the first cell
+    cell, result, run = cells[best], results[best], runs[best]
+    tags = {"heft.grid": grid_name, "heft.cell": cell.label, "heft.seed": cell.seed,
+            "heft.model.key": run["model"]["key"], "valid_accuracy": result.valid_accuracy,
+            "heldout_accuracy": result.accuracy, "config": json.dumps(flat_params(cell.config), default=str)}
+    source_run = run["model"]["uri"].removeprefix("runs:/").split("/")[0]
+    version = register_task(name, source_run, tracking_uri, tags)
+    print(f"registered {name} version {version} (alias champion): {cell.run_name}, validation accuracy "
+          f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%}")
+    return {"version": version, "cell": cell.run_name}
 
 
 def plan_cells(cells: list[Cell], fingerprints: Fingerprints | None = None) -> list[Plan]:
@@ -59,10 +81,11 @@ def plan_cells(cells: list[Cell], fingerprints: Fingerprints | None = None) -> l
 @flow(name="heft-grid", log_prints=True)
 def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec: GridSpec | None = None,
               report_dir: str | None = None, mlflow_parent_run_id: str | None = None,
-              plans: list[Plan] | None = None) -> dict:
+              plans: list[Plan] | None = None, register: str | None = None) -> dict:
     """Run a grid (YAML path + overrides, or a typed ``spec``); returns the report rows.
     A study passes its MLflow run id as ``mlflow_parent_run_id`` so the grid nests under it,
-    and the validated ``plans`` of the grid's cells."""
+    and the validated ``plans`` of the grid's cells.  ``register``: the name under which the
+    cell with the best *validation* accuracy is registered in the MLflow Model Registry."""
     spec = spec or load_grid(grid, overrides or [])
     cells = expand(spec)
     plans = plans or plan_cells(cells)
@@ -77,10 +100,11 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
               "grid.epoch_scale": spec.epoch_scale, "grid.cells": len(cells)}
     with Tracker.start(first.tracking_uri, first.experiment, run_name=f"grid: {spec.name}", params=params,
                        parent=study_run, tags={"heft.grid": spec.name, "heft.kind": "grid"}) as grid_run:
-        results, stages, started = [], [], time.perf_counter()
+        results, stages, runs, started = [], [], [], time.perf_counter()
         for i, (cell, planned) in enumerate(zip(cells, plans), 1):
             t0 = time.perf_counter()
             run = run_cell(cell, planned, grid_run, spec.name)
+            runs.append(run)
             results.append(CellResult.of(cell, run, time.perf_counter() - t0))
             stages.append(run["stages"])
             r = results[-1]
@@ -94,6 +118,10 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
                               "stages_cached": sum(r.cached for r in results),
                               "best_accuracy": max(r["mean"] for r in report["rows"])})
         grid_run.log_files(list(report["files"].values()), artifact_path="report")
+        if register:
+            registered = register_best(register, cells, results, runs, first.tracking_uri, spec.name)
+            what = f"{register} v{registered['version']}: {registered['cell']}"
+            grid_run.set_tags({"heft.registered": what})
     create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower()),
                              description=f"heft grid {spec.name}", markdown=report["markdown"])
     print(report["markdown"])

@@ -10,11 +10,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from heft.config import RunConfig, flat_params
 from heft.pipeline import built, summary
-from heft.plan import FINAL_EVAL, Plan, plan, trained_epochs
+from heft.plan import FINAL_EVAL, TRAINS, Plan, plan, trained_epochs
 from heft.presets import DEFAULT_PRESET, load_run_config
 from heft.store.artifacts import ArtifactStore
-from heft.tracking import Tracker, experiment_id
+from heft.tracking import Tracker, experiment_id, find_logged_model
 from heft.validate import Checked, validate
+from tasks.models import log_model_task
 from tasks.stages import StepResult, run_step_task
 
 
@@ -43,8 +44,9 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     if mlflow_parent_run_id:
         grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
                            mlflow_parent_run_id)
+    params = flat_params(config) | {"artifact_root": store.root}  # normalised: a path that travels
     with Tracker.start(config.tracking_uri, config.experiment, run_name=run_name or config.mode,
-                       params=flat_params(config), parent=grid_run,
+                       params=params, parent=grid_run,
                        tags={"heft.mode": config.mode, **(mlflow_tags or {})}) as run:
         done: dict[str, StepResult] = {}
         for step in planned.steps:
@@ -61,13 +63,37 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
         run.log_metrics({"accuracy": final["accuracy"], "ci95_low": final["ci95_low"],
                          "ci95_high": final["ci95_high"], "majority_rate": final["majority_rate"],
                          "total_epochs": sum(trained_epochs(config).values())})
+        model = model_of_run(run, store, done[planned.final.key])
     rows = [done[step.key].row() for step in planned.steps]
     text = summary(out)
     print(text)
     table = "\n".join(f"| {r['stage']} | `{r['key']}` | {r['state']} | {r['cache']} |" for r in rows)
     markdown = f"```\n{text}\n```\n\n| stage | key | state | cache |\n|---|---|---|---|\n{table}"
     create_markdown_artifact(key="heft-summary", description="HEFT accuracies", markdown=markdown)
-    return {"results": results, "stages": rows, "mlflow_run_id": run.run_id}
+    return {"results": results, "stages": rows, "mlflow_run_id": run.run_id, "model": model,
+            "validation_accuracy": validation_accuracy(planned, out)}
+
+
+def validation_accuracy(planned: Plan, out: dict) -> float | None:
+    """The validation accuracy of the model the run produced: its last training stage's after
+    the last epoch (the rows carved out for model selection, never the held-out ones)."""
+    trained = TRAINS[planned.config.mode]
+    return out[trained[-1]].metrics.get("final_valid_accuracy") if trained else None
+
+
+def model_of_run(run: Tracker, store: ArtifactStore, final: StepResult) -> dict:
+    """Tag the run with its model (the final evaluation) and log it as an MLflow model, unless
+    a run before this one already logged the same evaluation (then link to that model)."""
+    art = final.artifact
+    run.set_tags({"heft.model.key": art.key, "heft.model.root": store.root})
+    earlier = find_logged_model(run, art.key)
+    if earlier:
+        run.set_tags({"heft.model.uri": earlier})
+        return {"uri": earlier, "key": art.key, "logged": False}
+    logged = log_model_task(run, store.root, art, art.meta["lineage"]["format"])
+    run.set_tags({"heft.model.uri": logged["uri"], "heft.model.logged": "true",
+                  "heft.model.mode": logged["mode"]})
+    return {"uri": logged["uri"], "key": art.key, "logged": True}
 
 
 def describe(checked: Checked, planned: Plan) -> None:

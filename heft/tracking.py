@@ -160,6 +160,15 @@ class Tracker:
         _client(self.uri).set_terminated(self.run_id, status=status)
 
 
+def find_logged_model(run: Tracker, evaluation_key: str) -> str | None:
+    """runs:/<id>/model of an earlier run in the experiment that logged the model of this
+    evaluation, or None."""
+    query = f"tags.`heft.model.key` = '{evaluation_key}' and tags.`heft.model.logged` = 'true'"
+    found = _client(run.uri).search_runs([run.experiment_id], query, max_results=1,
+                                         order_by=["attributes.start_time DESC"])
+    return f"runs:/{found[0].info.run_id}/model" if found else None
+
+
 def stage_params(stage: str, cfg) -> dict[str, Any]:
     """A stage run's params: its config's fields as '<stage>.<field>'."""
     return flat_params(cfg, prefix=f"{stage}.")

@@ -109,6 +109,20 @@ def test_minilm_seq_cls_path_small(boolq_validation, tmp_path):
     assert out["reft"].metrics["rotation_orthonormality_error"] < 1e-4
     assert out["eval:merged"].metrics["accuracy"] == out["eval:lora"].metrics["accuracy"]
     assert out["eval:heft"].metrics["n"] == 32
+    # heft.load of the encoder's HEFT model (head trained by ReFT, mean pooling, intervention)
+    # gives the evaluation stage's scores, before and after an export
+    import heft
+    from heft.data.sources import read_split
+    rows = read_split(store.local_path(out["data"]), "eval")
+    predictions = store.local_path(out["eval:heft"]) / "predictions.jsonl"
+    want = [json.loads(line)["score_true"] for line in open(predictions)]
+    model = heft.load(out["eval:heft"].key, root=cfg.artifact_root)
+    assert model.family == "seq-cls" and model.pooling == "mean"
+    assert model.intervention.layer == cfg.reft.layer
+    assert [o["score_true"] for o in model.predict(rows)] == want
+    from heft.inference.export import export
+    exported = heft.load(export(model, str(tmp_path / "exported")))
+    assert [o["score_true"] for o in exported.predict(rows)] == pytest.approx(want, abs=1e-5)
     # reverse order on an encoder: LoRA continues the head ReFT trained, with R frozen in place
     import dataclasses
     rev = run_pipeline(dataclasses.replace(cfg, mode="reft-lora"))

@@ -43,6 +43,17 @@ def test_pipeline_on_s3_reuses_artifacts(s3, stories, keyword_data):
     assert all(again[k].meta.get("created") == out[k].meta.get("created") for k in out)
     store = ArtifactStore(cfg.artifact_root)
     assert (store.local_path(out["reft"]) / "intervention.safetensors").exists()
+    # the model loads from its s3:// artifact URI, and exports to and loads back from S3
+    import heft
+    from heft.inference.export import export
+    rows = [{"question": "is the cat happy today", "passage": "A short story, number 1."}]
+    model = heft.load(out["eval:heft"].uri)
+    export(model, "s3://heft-test/exported/heft")
+    assert s3.exists("heft-test/exported/heft/heft.json")
+    assert s3.exists("heft-test/exported/heft/model/config.json")
+    back = heft.load("s3://heft-test/exported/heft")
+    want = model.predict(rows)[0]["score_true"]
+    assert back.predict(rows)[0]["score_true"] == pytest.approx(want, abs=1e-5)
 
 
 class FlakyS3:

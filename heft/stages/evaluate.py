@@ -10,7 +10,7 @@ import torch
 from heft.config import EvalConfig
 from heft.modeling.scoring import predict
 from heft.stages import Context
-from heft.stages.inputs import StageInputs
+from heft.stages.inputs import StageInputs, artifact_ref
 from heft.stats import wilson_interval
 from heft.store.artifacts import Artifact, Built
 
@@ -51,4 +51,5 @@ def evaluate(cfg: EvalConfig, parent: Artifact, ctx: Context) -> Built:
             row = {"index": i, "label": enc.labels[i], "pred": int(preds[i]),
                    "score_false": float(scores[i, 0]), "score_true": float(scores[i, 1])}
             f.write(json.dumps(row) + "\n")
-    return Built(summarize(preds, enc.labels), lineage={})
+    # which artifact was evaluated: heft.load serves exactly this model
+    return Built(summarize(preds, enc.labels), lineage={"evaluated": artifact_ref(parent.stage, parent.key)})

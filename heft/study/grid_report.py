@@ -30,6 +30,7 @@ class CellResult:
     ci95_high: float
     majority_rate: float
     n: int
+    valid_accuracy: float | None  # the final training stage's validation accuracy (model choice)
     ran: int          # stage tasks that did work in this cell
     cached: int       # stage tasks answered from the cache
     seconds: float
@@ -41,7 +42,8 @@ class CellResult:
         stages = [s for s in run["stages"] if s["stage"] != "base"]  # base is virtual: never work
         return cls(cell.label, cell.seed, cell.method, cell.epochs.get("lora", 0), cell.epochs.get("reft", 0),
                    cell.total_epochs, cell.settings, m["accuracy"], m["ci95_low"], m["ci95_high"],
-                   m["majority_rate"], m["n"], sum(s["cache"] == "ran" for s in stages),
+                   m["majority_rate"], m["n"], run.get("validation_accuracy"),
+                   sum(s["cache"] == "ran" for s in stages),
                    sum(s["cache"] == "reused" for s in stages), seconds, run["mlflow_run_id"])
 
 

@@ -1,0 +1,85 @@
+"""``heft predict`` and ``heft export``: the trained model from the command line (no Prefect).
+
+    heft predict --model <ref> --question "is the sky blue" --passage "..."
+    heft predict --model <ref> --input rows.jsonl --output predictions.jsonl
+    heft export --model <ref> --to exported/            (or --to s3://bucket/models/x)
+``<ref>``: an evaluation key, an artifact folder or URI, an exported folder, an MLflow run id
+or a models:/ URI (heft/inference/load.py).  Rows are checked before the model loads.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from heft.config import ConfigError
+from heft.data.sources import DataError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="answer questions with a trained model")
+    p.add_argument("--model", required=True, help="evaluation key, artifact/export folder or URI, "
+                                                  "MLflow run id, runs:/ or models:/ URI")
+    p.add_argument("--question", help="one question")
+    p.add_argument("--passage", help="its passage (passage-format models)")
+    p.add_argument("--input", help="JSONL file of {question, passage} rows")
+    p.add_argument("--output", help="JSONL file for the predictions (default: standard output)")
+    p.add_argument("--root", help="artifact root for a key (default $HEFT_ARTIFACT_ROOT or .heft/artifacts)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for run ids and models:/ URIs")
+    p.add_argument("--batch-size", type=int, default=64)
+    e = sub.add_parser("export", help="write a trained model as one self-contained folder")
+    e.add_argument("--model", required=True, help="as for predict")
+    e.add_argument("--to", required=True, help="destination folder or URL (s3://...)")
+    e.add_argument("--root", help="artifact root for a key")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI")
+
+
+def read_rows(path: str) -> list[dict]:
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"--input {path!r}: {e.strerror}") from None
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: row {i}: not valid JSON ({err.msg})") from None
+    return rows
+
+
+def predict_command(args) -> int:
+    from heft.inference.load import open_resolved, prompt_format, resolve
+    from heft.inference.model import check_rows
+    try:
+        if bool(args.question) == bool(args.input):
+            raise ConfigError("predict: give --question (with --passage) or --input rows.jsonl")
+        rows = read_rows(args.input) if args.input else [{"question": args.question, "passage": args.passage}]
+        resolved = resolve(args.model, args.root, args.tracking_uri)  # a bad reference fails here,
+        check_rows(rows, prompt_format(resolved))                    # a bad row here: before any loading
+        model = open_resolved(resolved)
+        out = model.predict(rows, batch_size=args.batch_size, desc="predict")
+    except (ConfigError, FileExistsError) as e:
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 2
+    lines = "".join(json.dumps({**({"question": r.get("question")} if not args.output else {}), **o}) + "\n"
+                    for r, o in zip(rows, out))
+    if args.output:
+        Path(args.output).write_text(lines)
+        print(f"{len(out)} predictions written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def export_command(args) -> int:
+    from heft.inference.export import export
+    from heft.inference.load import open_resolved, resolve
+    try:
+        where = export(open_resolved(resolve(args.model, args.root, args.tracking_uri)), args.to)
+    except (ConfigError, FileExistsError) as e:
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported to {where}")
+    return 0

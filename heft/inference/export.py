@@ -1,0 +1,127 @@
+"""``heft export``: one self-contained folder that loads with no artifact store and no MLflow.
+
+    <folder>/heft.json                what heft.load needs (family, pooling, prompt format,
+                                      max length, answer tokens, intervention) + the keys,
+                                      configs and held-out metrics of the run
+    <folder>/model/                   save_pretrained weights (LoRA merged; for an encoder the
+                                      2-label head the ReFT stage trained) and the tokenizer
+    <folder>/intervention/            the LoReFT intervention: heft's files (intervention.json,
+                                      intervention.safetensors) and pyreft's layout (config.json
+                                      and intkey_<key>.bin, loadable by pyreft.ReftModel.load)
+    <folder>/README.md                the model card
+A destination URL (``s3://...``) gets the same files, written locally first and uploaded
+with heft.json last, so a half-uploaded export is never taken for a model.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from heft.inference.card import model_card
+from heft.inference.model import HeftModel
+
+FORMAT = 1
+
+
+def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
+    """Write ``model`` to ``dest`` (a folder, or a URL); returns where it went.  Without
+    ``pyreft_layout`` the intervention is in heft's files only (MLflow refuses the '#' that
+    pyvene puts in its file names, so the MLflow model bundles an export without them)."""
+    if "://" in dest and not dest.startswith("file://"):
+        with tempfile.TemporaryDirectory(prefix="heft-export-") as tmp:
+            write_folder(model, Path(tmp), pyreft_layout)
+            from heft.store.fs import url_to_fs
+            fs, path = url_to_fs(dest)
+            for f in sorted(p for p in Path(tmp).rglob("*") if p.is_file() and p.name != "heft.json"):
+                fs.put_file(str(f), f"{path.rstrip('/')}/{f.relative_to(tmp).as_posix()}")
+            fs.put_file(str(Path(tmp) / "heft.json"), f"{path.rstrip('/')}/heft.json")  # last: complete
+        return dest
+    folder = Path(dest.removeprefix("file://"))
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"export destination {str(folder)!r} exists and is not empty")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".heft-export-", dir=folder.parent))
+    try:
+        write_folder(model, tmp, pyreft_layout)
+        if folder.exists():
+            folder.rmdir()
+        tmp.rename(folder)  # atomic: the folder appears complete or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def write_folder(model: HeftModel, folder: Path, pyreft_layout: bool = True) -> None:
+    weights = model.model
+    if hasattr(weights, "merge_and_unload"):  # a LoRA view: fold the adapter in (exact, heft/stages/merge.py)
+        weights = weights.merge_and_unload(safe_merge=True)
+        model.model = weights
+    weights.save_pretrained(str(folder / "model"), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(folder / "model"))
+    spec = {"format": FORMAT, "heft_version": _version(), "family": model.family, "pooling": model.pooling,
+            "prompt_format": model.format, "max_length": model.max_length, "precision": model.precision,
+            "answer_ids": list(model.answer_ids) if model.answer_ids else None, "intervention": None,
+            "card": model.card}
+    if model.intervention is not None:
+        iv = model.intervention
+        (folder / "intervention").mkdir()
+        iv.save(folder / "intervention")
+        if pyreft_layout:
+            write_pyreft_layout(iv, folder / "intervention")
+        spec["intervention"] = {"layer": iv.layer, "positions": iv.positions, "component": "block_output",
+                                "low_rank_dimension": iv.loreft.rank, "embed_dim": iv.loreft.embed_dim}
+    (folder / "README.md").write_text(model_card(spec))
+    (folder / "heft.json").write_text(json.dumps(spec, indent=2))
+
+
+def pyreft_key(layer: int) -> str:
+    """pyvene's name of one LoReFT intervention on a block output (its intkey_<key>.bin file)."""
+    return f"layer_{layer}_comp_block_output_unit_pos_nunit_1#0"
+
+
+def write_pyreft_layout(iv, folder: Path) -> None:
+    """What ``pyreft.ReftModel.save`` writes for one LoreftIntervention at a block output
+    (checked against pyreft 0.1.0's own save): the three tensors under pyreft's names in
+    ``intkey_<key>.bin`` (torch.save) and the pyvene config that ``ReftModel.load`` reads."""
+    import torch
+    import transformers
+    state = {k: v.clone() for k, v in iv.loreft.pyreft_state().items() if not k.startswith("parametrization")}
+    key = pyreft_key(iv.layer)
+    torch.save(state, folder / f"intkey_{key}.bin")
+    # RepresentationConfig fields: layer, component, unit, max_number_of_units, low_rank_dimension, ...
+    representation = [iv.layer, "block_output", "pos", 1, iv.loreft.rank] + [None] * 9
+    config = {"intervention_constant_sources": [True], "intervention_dimensions": [iv.loreft.embed_dim],
+              "intervention_types": ["<class 'pyreft.interventions.LoreftIntervention'>"], "mode": "parallel",
+              "representations": [representation], "sorted_keys": [key],
+              "transformers_version": transformers.__version__}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_export(folder: Path) -> HeftModel:
+    """An exported folder back as a HeftModel (no store, no MLflow)."""
+    from heft.modeling import models
+    from heft.modeling.loreft import Intervention
+    spec = json.loads((folder / "heft.json").read_text())
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{folder}: export format {spec.get('format')!r}, this heft reads {FORMAT}")
+    dtype = spec["card"].get("model_config", {}).get("dtype", "float32")
+    model = models.load_model(str(folder / "model"), spec["family"], dtype).to(models.device()).eval()
+    tok = models.load_tokenizer(str(folder / "model"), spec["family"])
+    iv = None
+    if spec["intervention"]:
+        iv = Intervention.load(folder / "intervention")
+        iv.loreft.to(models.device())
+    return HeftModel(model=model, tokenizer=tok, family=spec["family"], pooling=spec["pooling"],
+                     format=spec["prompt_format"], max_length=spec["max_length"], intervention=iv,
+                     answer_ids=tuple(spec["answer_ids"]) if spec["answer_ids"] else None,
+                     precision=spec["precision"], card=spec["card"])
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("heft")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
