@@ -80,19 +80,28 @@ class DataConfig:
         "help": "optional separate source of the held-out split (e.g. validation.jsonl)"})
     format: str = field(default="passage", metadata={
         "help": "'passage' (question + passage) or 'question' (LoReFT/LLM-Adapters question-only)"})
-    holdout_size: int = field(default=1000, metadata={
-        "help": "rows held out for evaluation when the source has a single labelled split"})
+    holdout_size: int | None = field(default=None, metadata={
+        "help": "rows held out for evaluation when the source has a single labelled split "
+                "(default 1000); an error for a source with its own held-out split"})
     valid_size: int = field(default=400, metadata={
         "help": "rows carved out of the training part for per-epoch validation (model selection)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the recorded re-split shuffle"})
     max_train: int = field(default=0, metadata={"help": "cap on training rows (0 = all)"})
     max_eval: int = field(default=0, metadata={"help": "cap on held-out rows (0 = all)"})
+    allow_overlap: bool = field(default=False, metadata={
+        "key": False, "help": "accept held-out rows that also occur in the training or validation part "
+                              "(refused by default: the reported accuracy would be contaminated)"})
 
     def __post_init__(self):
         _require(bool(self.source), "data.source", self.source, "must name a dataset")
         _require(self.format in FORMATS, "data.format", self.format, f"one of {FORMATS}")
-        for name in ("holdout_size", "valid_size", "max_train", "max_eval"):
+        for name in ("valid_size", "max_train", "max_eval"):
             _require(getattr(self, name) >= 0, f"data.{name}", getattr(self, name), "must be >= 0")
+        _require(self.holdout_size is None or self.holdout_size >= 1, "data.holdout_size", self.holdout_size,
+                 "must be >= 1 (or unset)")
+        _require(not (self.eval_source and self.holdout_size is not None), "data.holdout_size",
+                 self.holdout_size, "does nothing with data.eval_source (the held-out split is that "
+                 "file): leave it unset")
 
 
 @dataclass(frozen=True)

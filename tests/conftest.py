@@ -45,8 +45,9 @@ def keyword_data(tmp_path_factory) -> Path:
     for i in range(600):
         label = i % 2 == 0
         word = "happy" if label else "sad"
-        rows.append({"question": f"is {rng.choice(subjects)} {word} today", "passage": "A short story.",
-                     "label": label})
+        # a distinct passage per row: no held-out row repeats a training row (the leakage check)
+        rows.append({"question": f"is {rng.choice(subjects)} {word} today",
+                     "passage": f"A short story, number {i}.", "label": label})
     rng.shuffle(rows)
     path = tmp_path_factory.mktemp("keyword") / "keyword.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -90,3 +91,42 @@ def test_fsspec_url_source(boolq_validation):
         f.write(boolq_validation.read_bytes())
     rows, _ = split_rows(DataConfig(source="memory://boolq/validation.jsonl"))
     assert len(rows["eval"]) == 1000
+
+
+def test_official_split_protocol_counts_and_no_dev_question_in_training(boolq_validation):
+    """The presets' protocol: official train rows with passages (400 carved out for validation,
+    seeded and recorded), the whole official dev split held out, no dev question in training."""
+    cfg = DataConfig(source=str(boolq_validation.parent / "train_partial_with_passage.jsonl"),
+                     eval_source=str(boolq_validation), valid_size=400, split_seed=0)
+    rows, record = split_rows(cfg)
+    assert [len(rows[s]) for s in ("train", "valid", "eval")] == [4546, 400, 3270]
+    assert record["resplit"] is False and record["overlap"]["eval_rows_seen"] == 0
+    assert record["sources"]["train"].endswith("train_partial_with_passage.jsonl")
+    dev = {r["question"].lower() for r in rows["eval"]}
+    assert not dev & {r["question"].lower() for r in rows["train"] + rows["valid"]}
+    assert sum(r["label"] for r in rows["eval"]) == 2033  # majority rate 62.17%
+    assert set(rows["train"][0]) == {"question", "passage", "label"}  # idx and title dropped
+    again, _ = split_rows(dataclasses.replace(cfg, split_seed=1))
+    assert again["valid"] != rows["valid"] and again["eval"] == rows["eval"]
+
+
+def test_holdout_size_with_a_separate_eval_source_is_an_error(boolq_validation, tmp_path):
+    from heft.config import ConfigError
+    with pytest.raises(ConfigError, match=r"data.holdout_size=500: does nothing with data.eval_source"):
+        DataConfig(source="x.jsonl", eval_source=str(boolq_validation), holdout_size=500)
+    folder = boolq_validation.parent  # a folder source holding its own validation split
+    with pytest.raises(DataError, match=r"data.holdout_size=500: .* has its own held-out split"):
+        split_rows(DataConfig(source=str(folder), format="question", holdout_size=500))
+
+
+def test_leakage_between_training_and_held_out_rows_is_refused(boolq_validation, tmp_path):
+    same = DataConfig(source=str(boolq_validation), eval_source=str(boolq_validation), valid_size=400)
+    with pytest.raises(DataError, match=r"3270 of the 3270 held-out rows also occur in the training \(2870\) "
+                                        r"or validation \(400\) part"):
+        split_rows(same)
+    assert split_rows(dataclasses.replace(same, allow_overlap=True))[1]["overlap"]["eval_rows_seen"] == 3270
+    rows = [json.loads(line) for line in boolq_validation.read_text().splitlines()[:100]]
+    doubled = tmp_path / "doubled.jsonl"  # every row twice: a re-split puts copies on both sides
+    doubled.write_text("".join(json.dumps(r) + "\n" for r in rows + rows))
+    with pytest.raises(DataError, match=r"of the 50 held-out rows also occur in the training"):
+        split_rows(DataConfig(source=str(doubled), holdout_size=50, valid_size=10))

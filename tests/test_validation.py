@@ -64,6 +64,11 @@ CASES = [
     ("artifact root under a file", lambda t: [f"artifact_root={t}/ROW.txt/a"], "is a file, not a folder"),
     ("unknown override key", lambda t: ["lora.rnak=4"], "unknown option 'lora.rnak'"),
     ("non-numeric value", lambda t: ["lora.lr=fast"], "lora.lr='fast': expected a number"),
+    ("held-out rows also in training", lambda t: ["data.eval_source=../shared/data/boolq/validation.jsonl",
+                                                  "data.holdout_size=null"],
+     "data: 3270 of the 3270 held-out rows also occur in the training"),
+    ("holdout_size with eval_source", lambda t: ["data.eval_source=../shared/data/boolq/validation.jsonl"],
+     "data.holdout_size=1000: does nothing with data.eval_source"),
 ]
 
 

@@ -16,6 +16,7 @@ from heft.config import ConfigError, DataConfig
 from heft.store.fs import is_hub_id, url_to_fs
 
 SPLITS = ("train", "valid", "eval")
+DEFAULT_HOLDOUT = 1000  # rows held out when a single labelled split is re-split
 
 
 class DataError(ConfigError):
@@ -104,11 +105,16 @@ def split_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
     random.Random(cfg.split_seed).shuffle(idx)
     record = {"sources": {s: where for s, (where, _) in loaded.items()}, "resplit": "eval" not in rows}
     if record["resplit"]:  # one labelled split: hold out the first holdout_size of the shuffle
-        if cfg.holdout_size <= 0 or cfg.holdout_size >= len(train):
-            raise DataError(f"data.holdout_size={cfg.holdout_size}: must be in [1, {len(train)}) "
+        holdout = DEFAULT_HOLDOUT if cfg.holdout_size is None else cfg.holdout_size
+        if holdout >= len(train):
+            raise DataError(f"data.holdout_size={holdout}: must be in [1, {len(train)}) "
                             f"to re-split the single split of {cfg.source!r}")
-        rows["eval"] = [train[i] for i in idx[:cfg.holdout_size]]
-        idx = idx[cfg.holdout_size:]
+        rows["eval"] = [train[i] for i in idx[:holdout]]
+        idx = idx[holdout:]
+        record["holdout_size"] = holdout
+    elif cfg.holdout_size is not None:
+        raise DataError(f"data.holdout_size={cfg.holdout_size}: {cfg.source!r} has its own held-out split "
+                        f"({record['sources']['eval']}); holdout_size only applies to re-splitting one split")
     if cfg.valid_size >= len(idx):
         raise DataError(f"data.valid_size={cfg.valid_size}: leaves no training rows (of {len(idx)})")
     rows["valid"] = [train[i] for i in idx[:cfg.valid_size]]
@@ -117,7 +123,24 @@ def split_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
         rows["train"] = rows["train"][:cfg.max_train]
     if cfg.max_eval:
         rows["eval"] = rows["eval"][:cfg.max_eval]
+    record["overlap"] = overlap(rows)
+    if record["overlap"]["eval_rows_seen"] and not cfg.allow_overlap:
+        o = record["overlap"]
+        raise DataError(f"data: {o['eval_rows_seen']} of the {len(rows['eval'])} held-out rows also occur "
+                        f"in the training ({o['in_train']}) or validation ({o['in_valid']}) part (same "
+                        "question and passage), so the held-out accuracy would be contaminated; use "
+                        "separate sources, or data.allow_overlap=true to accept it")
     return rows, record
+
+
+def overlap(rows: dict[str, list[dict]]) -> dict:
+    """How many held-out rows have the same (question, passage) as a training/validation row."""
+    def keys(split):
+        return {(r["question"].lower(), (r["passage"] or "").strip()) for r in rows[split]}
+    train, valid = keys("train"), keys("valid")
+    held = [(r["question"].lower(), (r["passage"] or "").strip()) for r in rows["eval"]]
+    return {"eval_rows_seen": sum(k in train or k in valid for k in held),
+            "in_train": sum(k in train for k in held), "in_valid": sum(k in valid for k in held)}
 
 
 def read_split(folder: Path, split: str) -> list[dict]:
