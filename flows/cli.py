@@ -100,8 +100,7 @@ def grid_command(args) -> int:
         spec = load_grid(args.grid, args.overrides)
         cells = expand(spec)
         if args.list:
-            for c in cells:
-                print(f"{c.run_name:<40} {c.method:<10} epochs={c.epochs} {c.settings}")
+            print("\n".join(describe_grid(cells)))
             return 0
         with services_starting(cells[0].config.tracking_uri) as serve:
             from flows.grid_flow import heft_grid
@@ -111,6 +110,25 @@ def grid_command(args) -> int:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def describe_grid(cells) -> list[str]:
+    """``heft grid --list``: the cells, the unique steps (built or not), the critical path and
+    the predicted wall time on 1-8 workers (no Prefect, nothing run)."""
+    from flows.grid_flow import plan_cells
+    from heft.data.sources import split_rows
+    from heft.pipeline import built
+    from heft.store.artifacts import ArtifactStore
+    from heft.study.grid_plan import GridPlan
+    grid = GridPlan.of(cells, plan_cells(cells))
+    store = ArtifactStore(cells[0].config.artifact_root)
+    done = {art.key for p in grid.plans for art in built(p, store).values()}
+    data = store.find("data", grid.plans[0]["data"].key)
+    if data is not None:
+        rows = {s: int(data.metrics[f"n_{s}"]) for s in ("train", "valid", "eval")}
+    else:
+        rows = {s: len(r) for s, r in split_rows(cells[0].config.data)[0].items()}
+    return grid.describe(grid.costs(rows, done), done)
 
 
 def study_command(args) -> int:

@@ -6,20 +6,34 @@ Deployment ``heft/boolq`` points here (prefect.yaml).  Run locally with
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from heft.config import RunConfig, flat_params
+from heft.config import RunConfig
 from heft.pipeline import built, summary
-from heft.plan import FINAL_EVAL, TRAINS, Plan, plan, trained_epochs
+from heft.plan import Plan, plan
 from heft.presets import DEFAULT_PRESET, load_run_config
 from heft.store.artifacts import ArtifactStore
-from heft.tracking import Tracker, experiment_id, find_logged_model
+from heft.tracking import Tracker, experiment_id
+from heft.tracking.client import ui_url
 from heft.validate import Checked, validate
-from tasks.models import log_model_task
+from tasks.pipeline_run import PipelineRun
 from tasks.stages import StepResult, run_step_task
 
 
-@flow(name="heft", log_prints=True)
+def run_name() -> str:
+    """Flow-run names from the config: 'heft heft stories260K seed=0' (or the grid cell's name)."""
+    from prefect.runtime import flow_run
+    p = flow_run.parameters
+    if p.get("run_name"):
+        return p["run_name"]
+    cfg = p.get("config") or (p["planned"].config if p.get("planned") else None)
+    if cfg is None:
+        return "heft " + (p.get("preset") or DEFAULT_PRESET).rsplit("/", 1)[-1].removesuffix(".yaml") + \
+            "".join(f" {o}" for o in p.get("overrides") or [])
+    return f"heft {cfg.mode} {cfg.model.name.rstrip('/').rsplit('/', 1)[-1]} seed={cfg.lora.seed}"
+
+
+@flow(name="heft", log_prints=True, flow_run_name=run_name)
 def heft(config: RunConfig | None = None, preset: str | None = None, overrides: list[str] | None = None,
          mlflow_parent_run_id: str | None = None, run_name: str | None = None,
          mlflow_tags: dict[str, str] | None = None, planned: Plan | None = None) -> dict:
@@ -44,56 +58,36 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     if mlflow_parent_run_id:
         grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
                            mlflow_parent_run_id)
-    params = flat_params(config) | {"artifact_root": store.root}  # normalised: a path that travels
-    with Tracker.start(config.tracking_uri, config.experiment, run_name=run_name or config.mode,
-                       params=params, parent=grid_run,
-                       tags={"heft.mode": config.mode, **(mlflow_tags or {})}) as run:
+    with PipelineRun.start(planned, store, grid_run, run_name or config.mode, mlflow_tags or {}) as pipeline:
         done: dict[str, StepResult] = {}
         for step in planned.steps:
             parent = done[step.parent_key].artifact if step.parent_key else None
             reused = step.name in checked.built
-            done[step.key] = result = run_step_task(step, parent, store, run, reused)
+            done[step.key] = result = run_step_task(step, parent, store, pipeline.run, reused)
             print(f"{step.stage:>8} {step.key} {result.state} ({'reused' if reused else 'ran'})")
         out = {step.name: done[step.key].artifact for step in planned.steps}
-        results = {name[5:]: art.metrics for name, art in out.items() if name.startswith("eval:")}
-        for name, metrics in results.items():
-            run.log_metrics({f"{name}_accuracy": metrics["accuracy"], f"{name}_ci95_low": metrics["ci95_low"],
-                             f"{name}_ci95_high": metrics["ci95_high"]})
-        final = results[FINAL_EVAL[config.mode]]  # the same name in every run: MLflow compare lines them up
-        run.log_metrics({"accuracy": final["accuracy"], "ci95_low": final["ci95_low"],
-                         "ci95_high": final["ci95_high"], "majority_rate": final["majority_rate"],
-                         "total_epochs": sum(trained_epochs(config).values())})
-        model = model_of_run(run, store, done[planned.final.key])
+        finished = pipeline.finish_with(out)
     rows = [done[step.key].row() for step in planned.steps]
     text = summary(out)
     print(text)
+    publish_summary(planned, rows, text, pipeline.run, finished["model"])
+    return {"results": finished["results"], "stages": rows, "mlflow_run_id": pipeline.run.run_id,
+            "model": finished["model"], "validation_accuracy": finished["validation_accuracy"]}
+
+
+def publish_summary(planned: Plan, rows: list[dict], text: str, run: Tracker, model: dict) -> None:
+    """Prefect artifacts of this configuration: the summary (one key per final evaluation, so
+    runs of different configs do not collapse into one card) and links to MLflow."""
+    key = planned.final.key[:16]
     table = "\n".join(f"| {r['stage']} | `{r['key']}` | {r['state']} | {r['cache']} |" for r in rows)
     markdown = f"```\n{text}\n```\n\n| stage | key | state | cache |\n|---|---|---|---|\n{table}"
-    create_markdown_artifact(key="heft-summary", description="HEFT accuracies", markdown=markdown)
-    return {"results": results, "stages": rows, "mlflow_run_id": run.run_id, "model": model,
-            "validation_accuracy": validation_accuracy(planned, out)}
-
-
-def validation_accuracy(planned: Plan, out: dict) -> float | None:
-    """The validation accuracy of the model the run produced: its last training stage's after
-    the last epoch (the rows carved out for model selection, never the held-out ones)."""
-    trained = TRAINS[planned.config.mode]
-    return out[trained[-1]].metrics.get("final_valid_accuracy") if trained else None
-
-
-def model_of_run(run: Tracker, store: ArtifactStore, final: StepResult) -> dict:
-    """Tag the run with its model (the final evaluation) and log it as an MLflow model, unless
-    a run before this one already logged the same evaluation (then link to that model)."""
-    art = final.artifact
-    run.set_tags({"heft.model.key": art.key, "heft.model.root": store.root})
-    earlier = find_logged_model(run, art.key)
-    if earlier:
-        run.set_tags({"heft.model.uri": earlier})
-        return {"uri": earlier, "key": art.key, "logged": False}
-    logged = log_model_task(run, store.root, art, art.meta["lineage"]["format"])
-    run.set_tags({"heft.model.uri": logged["uri"], "heft.model.logged": "true",
-                  "heft.model.mode": logged["mode"]})
-    return {"uri": logged["uri"], "key": art.key, "logged": True}
+    create_markdown_artifact(key=f"heft-summary-{key}", description="HEFT held-out accuracies",
+                             markdown=markdown)
+    create_link_artifact(ui_url(run.uri, run.experiment_id, run.run_id), link_text="MLflow run",
+                         key=f"mlflow-run-{key}", description="the pipeline's MLflow run")
+    create_link_artifact(ui_url(run.uri, run.experiment_id, model["uri"].split("/")[1]) + "&tab=artifacts",
+                         link_text=f"MLflow model {model['uri']}", key=f"mlflow-model-{key}",
+                         description=f"heft predict --model {model['key']}")
 
 
 def describe(checked: Checked, planned: Plan) -> None:

@@ -25,6 +25,8 @@ class Progress:
         if self.on_epoch:
             self.on_epoch(epoch, metrics)
 
-    def step(self, step: int, metrics: dict) -> None:
-        if self.on_step and step % self.every == 0:
+    def step(self, step: int, metrics: dict, steps_per_epoch: int = 0) -> None:
+        """Every ``every`` steps, or more often in short epochs (at least 5 points per epoch)."""
+        every = min(self.every, max(1, steps_per_epoch // 5)) if steps_per_epoch else self.every
+        if self.on_step and step % every == 0:
             self.on_step(step, metrics)

@@ -33,6 +33,7 @@ from heft.data.sources import split_rows
 from heft.pipeline import built
 from heft.plan import TRAINS, Plan
 from heft.store.artifacts import Artifact, ArtifactStore
+from heft.store.locks import LeaseLock
 
 
 @dataclass
@@ -77,6 +78,13 @@ def check_artifact_root(root: str) -> ArtifactStore:
         except OSError as e:
             raise ConfigError(f"artifact_root={root!r}: not writable ({probe}: {e.strerror})") from None
         return store
+    if isinstance(store.locks, LeaseLock):  # several hosts build into this root: the lock server must answer
+        try:
+            store.locks.ping()
+        except Exception as e:  # noqa: BLE001 - connection refused, DNS, auth
+            raise ConfigError(f"HEFT_LOCK_URL={store.locks.url!r}: "
+                              f"the lock server for artifact_root={root!r} "
+                              f"does not answer ({type(e).__name__}: {e})") from None
     probe = f"{store.base.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
     try:  # object stores have no folders: writing and deleting one object leaves nothing
         store.fs.pipe_file(probe, b"ok")

@@ -15,6 +15,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from heft.plan import Step
+from heft.progress import Progress
 from heft.stages import run_step
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.fs import normalize_root
@@ -34,49 +35,82 @@ def step_task_name() -> str:
     return task_run.parameters["step"].label
 
 
-def _build(step: Step, parent: Artifact | None, root: str, run: Tracker | None) -> Artifact:
-    art = run_step(step, parent, ArtifactStore(root), run.progress() if run else None)
+def _build(step: Step, parent: Artifact | None, root: str, run: Tracker | None, live: bool) -> Artifact:
+    """Build (or find) the step's artifact; with ``live``, per-step and per-epoch metrics go to
+    ``run`` while it trains (otherwise the flow replays them from history.json afterwards)."""
+    from prefect.runtime import task_run
+    provenance = {"prefect_task_run_id": str(task_run.id), "mlflow_run_id": run.run_id if run else None}
+    progress = prefect_progress(step, run.progress() if run and live else Progress())
+    art = run_step(step, parent, ArtifactStore(root), progress, provenance)
     get_run_logger().info("%s artifact %s at %s", step.label, art.key, art.uri)
     return art
+
+
+def prefect_progress(step: Step, mlflow: Progress) -> Progress:
+    """``mlflow``'s callbacks plus, for a training stage, one run-log line per epoch and a
+    Prefect progress artifact updated after each epoch (so the UI shows how far it is)."""
+    if step.stage not in ("lora", "reft"):
+        return mlflow
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    logger = get_run_logger()
+    epochs = max(1, step.config.epochs)
+    artifact = create_progress_artifact(0.0, key=f"{step.stage}-{step.key}",
+                                        description=f"{step.label} {step.key}: epochs done of {epochs}")
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        valid = metrics.get("valid_accuracy")
+        logger.info("%s epoch %d/%d: train loss %.4f%s, %.0f s", step.label, epoch, epochs,
+                    metrics["train_loss"], f", validation accuracy {valid:.2%}" if valid is not None else "",
+                    metrics["epoch_seconds"])
+        update_progress_artifact(artifact, 100.0 * epoch / epochs)
+        if mlflow.on_epoch:
+            mlflow.on_epoch(epoch, metrics)
+    return Progress(on_epoch=on_epoch, on_step=mlflow.on_step, every=mlflow.every)
 
 
 TASK_OPTIONS = dict(cache_key_fn=step_cache_key, persist_result=True, task_run_name=step_task_name)
 
 
 @task(name="data", retries=2, retry_delay_seconds=[5, 30], **TASK_OPTIONS)
-def data_task(step: Step, parent: None, root: str, run: Tracker | None = None) -> Artifact:
+def data_task(step: Step, parent: None, root: str, run: Tracker | None = None,
+             live: bool = True) -> Artifact:
     """Load, validate and split the data (or return the finished split)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 @task(name="base", retries=2, retry_delay_seconds=[5, 30], **TASK_OPTIONS)
-def base_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None) -> Artifact:
+def base_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None,
+             live: bool = True) -> Artifact:
     """Record the base model the chain starts from (or return the record)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 @task(name="lora", retries=0, **TASK_OPTIONS)
-def lora_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None) -> Artifact:
+def lora_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None,
+             live: bool = True) -> Artifact:
     """Train the LoRA adapter (or return the finished one)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 @task(name="merge", retries=1, retry_delay_seconds=[5], **TASK_OPTIONS)
-def merge_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None) -> Artifact:
+def merge_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None,
+              live: bool = True) -> Artifact:
     """Merge the LoRA adapter into the base weights (or return the merged model)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 @task(name="reft", retries=0, **TASK_OPTIONS)
-def reft_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None) -> Artifact:
+def reft_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None,
+             live: bool = True) -> Artifact:
     """Train the LoReFT intervention on the frozen model (or return the finished one)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=[5], **TASK_OPTIONS)
-def evaluate_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None) -> Artifact:
+def evaluate_task(step: Step, parent: Artifact, root: str, run: Tracker | None = None,
+                 live: bool = True) -> Artifact:
     """Score the held-out split with the parent's model (or return the scores)."""
-    return _build(step, parent, root, run)
+    return _build(step, parent, root, run, live)
 
 
 STAGE_TASKS = {"data": data_task, "base": base_task, "lora": lora_task, "merge": merge_task,
@@ -97,13 +131,26 @@ class StepResult:
 
 def run_step_task(step: Step, parent: Artifact | None, store: ArtifactStore, pipeline: Tracker,
                   reused: bool) -> StepResult:
-    """Run ``step`` as its stage task inside an MLflow stage run nested under ``pipeline``.
+    """Run ``step`` as its stage task.  A step to build gets an MLflow stage run nested under
+    ``pipeline`` (per-step curves live, files, final metrics); a step already in the store gets
+    none, only a link on ``pipeline`` to the run that built it, so a cached rerun adds one run.
 
     ``reused`` says the artifact is already in the store; otherwise the task's Prefect cache
     is refreshed, so a stale cache record never stands in for a missing artifact."""
-    with pipeline.child(step.label, stage_params(step.stage, step.config)) as run:
-        state = STAGE_TASKS[step.stage].with_options(refresh_cache=not reused)(
-            step, parent, store.root, run, return_state=True)
+    task = STAGE_TASKS[step.stage].with_options(refresh_cache=not reused)
+    if reused:
+        state = task(step, parent, store.root, None, return_state=True)
         art = state.result()
-        run.record_artifact(art, reused, local_dir=store.local_path(art))
+        link_builder(pipeline, step, art)
+        return StepResult(step, art, state.name, reused)
+    with pipeline.child(step.label, stage_params(step.stage, step.config)) as run:
+        state = task(step, parent, store.root, run, return_state=True)
+        art = state.result()
+        run.record_artifact(art, local_dir=store.local_path(art))
     return StepResult(step, art, state.name, reused)
+
+
+def link_builder(pipeline: Tracker, step: Step, art: Artifact) -> None:
+    """Tag ``pipeline`` with the MLflow run that built a reused step's artifact."""
+    builder = art.meta.get("build", {}).get("mlflow_run_id") or "unknown"
+    pipeline.set_tags({f"heft.built_by.{step.label.replace(':', '.')}": builder})

@@ -57,17 +57,27 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     client = MlflowClient(cfg.tracking_uri)
     parent = client.get_run(first["mlflow_run_id"])
     assert parent.data.params["lora.rank"] == "8" and parent.data.params["reft.layer"] == "3"
-    assert parent.data.metrics["heft_accuracy"] == first["results"]["heft"]["accuracy"]
+    assert parent.data.metrics["heldout_accuracy"] == first["results"]["heft"]["accuracy"]
+    assert parent.data.metrics["heldout_accuracy_merged"] == first["results"]["merged"]["accuracy"]
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
     assert sorted(r.info.run_name for r in children) == sorted(
         ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merged", "reft", "evaluate:heft"])
     lora = next(r for r in children if r.info.run_name == "lora")
-    assert lora.data.tags["heft.cached"] == "false" and lora.data.params["lora.alpha"] == "32"
-    curve = client.get_metric_history(lora.info.run_id, "train_loss")
-    assert [m.step for m in curve] == [1, 2]
+    assert lora.data.tags["heft.key"] == first["stages"][2]["key"] and lora.data.params["lora.alpha"] == "32"
+    # per-epoch validation on the optimizer-step axis (120 rows / 16 = 8 steps an epoch), and
+    # the step-level loss with more points than epochs
+    valid = client.get_metric_history(lora.info.run_id, "valid_accuracy")
+    assert [m.step for m in valid] == [8, 16]
+    steps = client.get_metric_history(lora.info.run_id, "train_loss")
+    assert len(steps) > len(valid) and all(1 <= m.step <= 16 for m in steps)
+    # the fully cached rerun adds one run and no stage runs: it links to the runs that built them
     cached = client.search_runs([exp], f"tags.mlflow.parentRunId = '{second['mlflow_run_id']}'")
-    assert {r.data.tags["heft.cached"] for r in cached} == {"true"}
+    assert cached == []
+    rerun = client.get_run(second["mlflow_run_id"]).data.tags
+    built_by = {r.info.run_name: r.info.run_id for r in children}
+    assert rerun["heft.built_by.lora"] == built_by["lora"]
+    assert rerun["heft.built_by.evaluate.heft"] == built_by["evaluate:heft"]
     assert parent.info.artifact_uri.startswith("file://") and "mlartifacts" in parent.info.artifact_uri
 
 

@@ -22,13 +22,13 @@ GOLDEN = {
 OTHER = {"name": "other/model", "family": "causal-lm", "dtype": "bfloat16", "pooling": "mean",
          "schedule": "constant", "positions": "l1", "format": "question", "source": "other.jsonl",
          "eval_source": "dev.jsonl", "gguf_file": "model.gguf", "target_modules": ("q_proj",),
-         "autocast": "off"}
+         "autocast": "off", "holdout_size": 500}
 CONFIGS = [ModelConfig(), DataConfig(), LoraConfig(), MergeConfig(), ReftConfig(), EvalConfig()]
 
 
 def changed(cfg, f):
     value = getattr(cfg, f.name)
-    if f.name in OTHER:
+    if f.name in OTHER and OTHER[f.name] != value:
         new = OTHER[f.name]
     elif isinstance(value, bool):
         new = not value

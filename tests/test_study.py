@@ -117,9 +117,9 @@ def test_rerun_trains_nothing_and_reproduces_the_tables(study):
         return {g.data.tags["heft.grid"]: g.data.metrics for g in
                 client.search_runs([exp], f"tags.mlflow.parentRunId = '{run['mlflow_run_id']}'")}
     before, after = grids(first), grids(second)
-    assert {g: m["stages_ran"] for g, m in after.items()} == {"study-ablation": 0, "study-comparison": 0}
+    assert {g: m["steps_built"] for g, m in after.items()} == {"study-ablation": 0, "study-comparison": 0}
     for g, m in after.items():  # every stage task of the first run answered from the cache
-        assert m["stages_cached"] == before[g]["stages_ran"] + before[g]["stages_cached"] > 0
+        assert m["steps_reused"] == before[g]["steps_built"] + before[g]["steps_reused"] > 0
     again = (tmp / "docs" / "results.md").read_text()
 
     def table(t):

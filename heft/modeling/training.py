@@ -93,10 +93,12 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
                 # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
                 progress.step((epoch - 1) * steps_per_epoch + step + 1,
-                              {"train_loss_step": step_loss, "learning_rate": scheduler.get_last_lr()[0]})
+                              {"train_loss_step": step_loss, "learning_rate": scheduler.get_last_lr()[0]},
+                              steps_per_epoch)
             seconds = time.perf_counter() - start
             metrics = {"train_loss": total_loss / seen, "epoch_seconds": seconds,
-                       "train_examples_per_second": seen / seconds}
+                       "train_examples_per_second": seen / seconds,
+                       "optimizer_steps": epoch * steps_per_epoch}
             if len(valid_enc):
                 preds = predict(model, valid_enc, 64, family=family, pooling=pooling,
                                 answer_ids=answer_ids, pad_id=pad_id, intervention=intervention,

@@ -9,6 +9,7 @@ rerun needs none of them, so each is imported when its stage first builds.
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,17 +32,32 @@ class Context:
     progress: Progress = field(default_factory=Progress)
 
 
+_IMPORTS = threading.Lock()
+
+
 def builder(stage: str):
+    """The stage function, its heavy imports done once per process under a lock: two stages
+    starting on two threads at once raced in transformers' lazy module loader (measured:
+    "cannot import name 'AutoTokenizer' from 'transformers'")."""
     module, name = BUILDERS[stage]
-    return getattr(importlib.import_module(module), name)
+    with _IMPORTS:
+        if stage != "data":
+            import peft  # noqa: F401
+            from transformers import (AutoConfig, AutoModelForCausalLM,  # noqa: F401
+                                      AutoModelForSequenceClassification, AutoTokenizer)
+        return getattr(importlib.import_module(module), name)
 
 
 def run_step(step: Step, parent: Artifact | None, store: ArtifactStore,
-             progress: Progress | None = None) -> Artifact:
-    """The artifact of ``step``: found in the store, or built from ``parent`` and published."""
+             progress: Progress | None = None, provenance: dict | None = None) -> Artifact:
+    """The artifact of ``step``: found in the store, or built from ``parent`` and published
+    (``provenance``, e.g. the MLflow run that builds it, is recorded in its meta.json)."""
     if (parent.key if parent else None) != step.parent_key:
         got = parent.key if parent else None
         raise ValueError(f"{step.label}: planned parent {step.parent_key}, got {got}")
-    build = builder(step.stage)
-    return store.get_or_build(step, parent, lambda out: build(
-        step.config, parent, Context(step, store, out, progress or Progress())))
+    def make(out):  # only called when the artifact is not in the store: a rerun imports nothing
+        build = builder(step.stage)
+        built = build(step.config, parent, Context(step, store, out, progress or Progress()))
+        built.provenance.update(provenance or {})
+        return built
+    return store.get_or_build(step, parent, make)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from heft.study.grid_report import finish
+from heft.study.grid_plots import finish
 from heft.study.tables import curves, table
 
 

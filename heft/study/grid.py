@@ -53,10 +53,22 @@ class GridSpec:
     axes: tuple[tuple[str, tuple], ...] = ()
     seeds: tuple[int, ...] = ()       # empty: the preset's own seeds, one run per cell
     epoch_scale: float = 1.0
+    # where the steps run (not part of any cell: the same grid gives the same artifacts anywhere)
+    workers: int = 1                  # steps at the same time (threads, or Dask worker processes)
+    dask: str = ""                    # "" = threads in the flow; "local" = a LocalCluster of
+                                      # `workers` processes; "tcp://host:8786" = an existing cluster
+    deployment: str = ""              # fan each cell out to this deployment (e.g. heft/boolq-llama2-7b)
 
     def __post_init__(self):
         if not self.name:
             raise ConfigError("grid.name: a grid needs a name (it names the MLflow parent run)")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"grid.workers={self.workers!r}: must be a whole number >= 1")
+        if self.dask and self.deployment:
+            raise ConfigError(f"grid.dask={self.dask!r} and grid.deployment={self.deployment!r}: choose one "
+                              "(steps on a Dask cluster, or cells on a work pool)")
+        if self.dask and self.dask != "local" and "://" not in self.dask:
+            raise ConfigError(f"grid.dask={self.dask!r}: 'local' or a scheduler address like tcp://host:8786")
         if not 0 < self.epoch_scale <= 100:
             raise ConfigError(f"grid.epoch_scale={self.epoch_scale!r}: must be in (0, 100]")
         for key, values in self.axes:
@@ -121,7 +133,8 @@ def load_grid(path: str, overrides: list[str] = ()) -> GridSpec:
         cells=tuple(values.get("cells") or ()),
         axes=tuple((k, tuple(v if isinstance(v, list) else [v])) for k, v in axes.items()),
         seeds=tuple(int(s) for s in (values.get("seeds") or ())),
-        epoch_scale=float(values.get("epoch_scale", 1.0)))
+        epoch_scale=float(values.get("epoch_scale", 1.0)), workers=values.get("workers", 1),
+        dask=str(values.get("dask") or ""), deployment=str(values.get("deployment") or ""))
 
 
 def _scaled(epochs: int, scale: float) -> int:

@@ -1,0 +1,124 @@
+"""Where a grid's steps run: threads of the flow process, a Dask cluster, or a work pool.
+
+* threads (default, ``workers`` N): Prefect's ThreadPoolTaskRunner with N threads; torch gets
+  cores // N threads each, so N stages at once do not oversubscribe the CPU.
+* Dask (``dask=local`` or ``dask=tcp://scheduler:8786``): prefect-dask's DaskTaskRunner.  The
+  stages that hold a model on a device are submitted under ``dask.annotate(resources={"GPU":
+  1})``: a worker started with ``--resources GPU=1`` never runs two of them at once, so with
+  one worker per GPU (``CUDA_VISIBLE_DEVICES`` per worker) every GPU runs one stage.
+  ``dask=local`` starts a LocalCluster of ``workers`` processes, each with GPU=1.
+* work pool (``deployment=heft/boolq-llama2-7b``): heft/study fan_out in flows/grid_flow.py.
+Every engine gets the same unique steps, each once, its parent's future as its input.  MLflow
+stage runs are created and closed here, in the flow process; a worker logs its curves live
+only where that is safe (threads, or an MLflow server), else they are replayed afterwards.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager, nullcontext
+from urllib.parse import urlparse
+
+from prefect import flow
+from prefect.futures import as_completed
+
+from heft.config import ConfigError
+from heft.plan import Step
+from heft.store.artifacts import Artifact, ArtifactStore
+from heft.study.grid import GridSpec
+from heft.study.grid_plan import GPU_STAGES
+from heft.tracking import Tracker
+from tasks.stages import STAGE_TASKS
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def task_runner(spec: GridSpec):
+    if spec.dask:
+        from prefect_dask import DaskTaskRunner
+        if spec.dask == "local":
+            env = {"OMP_NUM_THREADS": str(threads_per_worker(spec.workers))}
+            # two task threads per worker: the data and base stages can run beside a GPU stage,
+            # and the GPU resource (not the thread count) keeps GPU stages one per worker
+            return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                  cluster_kwargs={"n_workers": spec.workers, "threads_per_worker": 2,
+                                                  "processes": True, "resources": {"GPU": 1}, "env": env,
+                                                  "dashboard_address": None})
+        return DaskTaskRunner(address=spec.dask)
+    from prefect.task_runners import ThreadPoolTaskRunner
+    return ThreadPoolTaskRunner(max_workers=spec.workers)
+
+
+def check_engine(spec: GridSpec) -> None:
+    """Refuse an engine that cannot run, before any training: a missing extra, a Dask scheduler
+    or a deployment that does not answer."""
+    if spec.dask:
+        try:
+            import prefect_dask  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"grid.dask={spec.dask!r}: needs prefect-dask "
+                              "(pip install 'heft[dask]')") from None
+    if spec.dask and spec.dask != "local":
+        url = urlparse(spec.dask)
+        try:
+            socket.create_connection((url.hostname, url.port or 8786), timeout=5).close()
+        except OSError as e:
+            raise ConfigError(f"grid.dask={spec.dask!r}: no Dask scheduler answers there ({e})") from None
+    if spec.deployment:
+        from prefect import get_client
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_deployment_by_name(spec.deployment)
+        except Exception as e:  # noqa: BLE001 - ObjectNotFound, no API
+            raise ConfigError(f"grid.deployment={spec.deployment!r}: no such deployment on the Prefect API "
+                              f"({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def gpu_slot(stage: str, on_dask: bool):
+    """One GPU resource for the stages that hold a model on a device (Dask only)."""
+    if on_dask and stage in GPU_STAGES:
+        import dask
+        with dask.annotate(resources={"GPU": 1}):
+            yield
+    else:
+        with nullcontext():
+            yield
+
+
+@flow(name="heft-grid-steps", log_prints=True)
+def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, Tracker], live: bool,
+               on_dask: bool, torch_threads: int | None = None) -> dict:
+    """Submit every unique step once, its parent's future as its input; close each stage's
+    MLflow run as its step finishes.  Returns {key: (artifact, state name)}; raises naming
+    every step that failed (their children never start)."""
+    if torch_threads and len(built) < len(steps):
+        import torch  # thread workers share this process: split the cores between them
+        torch.set_num_threads(torch_threads)
+    futures, keys = {}, {}
+    for step in steps:
+        parent = futures.get(step.parent_key)
+        task = STAGE_TASKS[step.stage].with_options(refresh_cache=step.key not in built)
+        with gpu_slot(step.stage, on_dask):
+            future = task.submit(step, parent, root, runs.get(step.key), live)
+        futures[step.key], keys[future.task_run_id] = future, step.key
+    store, done, failed = ArtifactStore(root), {}, []
+    for future in as_completed(list(futures.values())):
+        key = keys[future.task_run_id]
+        run = runs.get(key)
+        try:
+            art: Artifact = future.result()
+        except Exception as e:  # noqa: BLE001 - reported below, with the step named
+            failed.append(f"{next(s.label for s in steps if s.key == key)} {key}: {type(e).__name__}: {e}")
+            if run:
+                run.finish("FAILED")
+            continue
+        if run:
+            run.record_artifact(art, local_dir=store.local_path(art), replay=not live)
+            run.finish()
+        done[key] = (art, future.state.name)
+    if failed:
+        raise RuntimeError(f"{len(failed)} grid step(s) failed:\n  " + "\n  ".join(failed))
+    return done

@@ -1,0 +1,116 @@
+"""A grid as one DAG: every unique step of every cell, once, with what depends on it.
+
+Cells that agree on data, model and LoRA config share those steps by key, so a 9-cell ReFT
+layer x dim ablation is 1 data + 1 base + 1 LoRA + 1 merge + 2 evaluations + 9 ReFT + 9
+evaluations = 24 steps, not 72.  ``GridPlan`` is computed once from the cells' plans before
+anything runs; the grid flow submits each step once, its parent's future as its input, so
+independent branches run at the same time on whatever workers the task runner has.
+
+``estimate`` gives each step a cost in seconds from per-row constants measured on this
+project's machine (docs/benchmarks.md: MiniLM, 2 cores), so ``critical_path`` and
+``simulate`` (greedy list scheduling on W workers) predict the wall time of a grid before it
+runs: the plan's lower bound, against which a measured parallel run is compared.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from heft.plan import Plan, Step
+from heft.study.grid import Cell
+
+# seconds per row, MiniLM-L6 at max_length 256 on 2 cores (bench/stage_profile.py): one LoRA
+# epoch, one ReFT epoch, one scoring pass; a merge and the data/base stages are nearly free
+SECONDS_PER_ROW = {"lora": 0.076, "reft": 0.045, "evaluate": 0.018}
+FIXED_SECONDS = {"data": 1.0, "base": 1.0, "merge": 4.0, "lora": 5.0, "reft": 5.0, "evaluate": 3.0}
+GPU_STAGES = ("lora", "merge", "reft", "evaluate")  # the stages that hold a model on a device
+
+
+@dataclass
+class GridPlan:
+    cells: list[Cell]
+    plans: list[Plan]
+    steps: dict[str, Step] = field(default_factory=dict)     # key -> step, parents first
+    users: dict[str, list[int]] = field(default_factory=dict)  # key -> indices of the cells using it
+
+    @classmethod
+    def of(cls, cells: list[Cell], plans: list[Plan]) -> "GridPlan":
+        grid = cls(cells, plans)
+        for i, planned in enumerate(plans):
+            for step in planned.steps:
+                grid.steps.setdefault(step.key, step)
+                grid.users.setdefault(step.key, []).append(i)
+        return grid
+
+    def children(self, key: str) -> list[Step]:
+        return [s for s in self.steps.values() if s.parent_key == key]
+
+    def shared(self) -> list[Step]:
+        """Steps more than one cell needs (built once, before the cells fan out)."""
+        return [s for s in self.steps.values() if len(self.users[s.key]) > 1]
+
+    def estimate(self, step: Step, rows: dict[str, int]) -> float:
+        """Predicted seconds of ``step`` from its stage, epochs and the data's row counts."""
+        per_row = SECONDS_PER_ROW.get(step.stage, 0.0)
+        if step.stage in ("lora", "reft"):
+            work = step.config.epochs * (rows["train"] * per_row
+                                         + rows["valid"] * SECONDS_PER_ROW["evaluate"])
+        elif step.stage == "evaluate":
+            work = rows["eval"] * per_row
+        else:
+            work = 0.0
+        return FIXED_SECONDS.get(step.stage, 0.0) + work
+
+    def costs(self, rows: dict[str, int], built: set[str] = frozenset()) -> dict[str, float]:
+        return {k: 0.0 if k in built else self.estimate(s, rows) for k, s in self.steps.items()}
+
+    def critical_path(self, costs: dict[str, float]) -> tuple[float, list[Step]]:
+        """The longest chain of dependent steps: no number of workers runs the grid faster."""
+        best: dict[str, tuple[float, list[str]]] = {}
+        for key, step in self.steps.items():  # parents come first
+            before = best.get(step.parent_key, (0.0, []))
+            best[key] = (before[0] + costs[key], before[1] + [key])
+        seconds, keys = max(best.values(), key=lambda v: v[0]) if best else (0.0, [])
+        return seconds, [self.steps[k] for k in keys]
+
+    def simulate(self, costs: dict[str, float], workers: int) -> float:
+        """Wall seconds of greedy list scheduling on ``workers`` identical workers, each step
+        started as soon as its parent is done and a worker is free, longest remaining chain
+        first (the order a task runner sees ready tasks is close to this)."""
+        remaining: dict[str, float] = {}
+        for key in reversed(list(self.steps)):  # children before parents
+            tail = max((remaining[c.key] for c in self.children(key)), default=0.0)
+            remaining[key] = costs[key] + tail
+        ready = [(-remaining[k], k) for k, s in self.steps.items() if s.parent_key is None]
+        heapq.heapify(ready)
+        running: list[tuple[float, str]] = []
+        now, free = 0.0, workers
+        while ready or running:
+            while ready and free:
+                _, key = heapq.heappop(ready)
+                heapq.heappush(running, (now + costs[key], key))
+                free -= 1
+            now, key = heapq.heappop(running)
+            free += 1
+            for child in self.children(key):
+                heapq.heappush(ready, (-remaining[child.key], child.key))
+        return now
+
+    def describe(self, costs: dict[str, float], built: set[str]) -> list[str]:
+        """The lines of ``heft grid --list``: cells, unique steps, built or not, critical path."""
+        lines = [f"{len(self.cells)} cells, {sum(len(p.steps) for p in self.plans)} steps in all, "
+                 f"{len(self.steps)} unique, {len(built & set(self.steps))} already built", ""]
+        for cell, planned in zip(self.cells, self.plans):
+            lines.append(f"cell {cell.run_name:<44} {cell.method:<10} epochs={cell.epochs}")
+        lines += ["", f"{'step':<18} {'key':<20} {'state':<7} {'cells':>5} {'est. s':>8}"]
+        for key, step in self.steps.items():
+            state = "built" if key in built else "to run"
+            lines.append(f"{step.label:<18} {key:<20} {state:<7} {len(self.users[key]):>5} "
+                         f"{costs[key]:>8.0f}")
+        seconds, path = self.critical_path(costs)
+        lines += ["", f"critical path ({seconds:.0f} s): "
+                  + " -> ".join(f"{s.label} {s.key[:8]}" for s in path)]
+        lines.append("predicted wall time: " + ", ".join(f"{w} worker{'s' * (w > 1)} "
+                                                        f"{self.simulate(costs, w):.0f} s"
+                                                        for w in (1, 2, 4, 8)))
+        return lines
