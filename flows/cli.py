@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -42,7 +43,25 @@ def services_starting(tracking_uri: str | None = None):
         yield serve
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`, a container stop) ends the CLI as Ctrl-C does: the training
+    stops between steps, the MLflow runs are closed KILLED, the Prefect flow run ends Crashed,
+    and the temporary server is stopped at exit after the last states reached it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return command(argv)
+    except KeyboardInterrupt as e:
+        print(f"heft: stopped ({e or 'interrupted'}); finished stages are kept, a rerun resumes from them",
+              file=sys.stderr)
+        return 130
+
+
+def command(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("overrides", nargs="*", help="grid fields or run overrides added to every grid")
     model_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     if args.command == "predict":
         return model_cli.predict_command(args)
     if args.command == "export":

@@ -25,6 +25,7 @@ from prefect.futures import as_completed
 from heft.config import ConfigError
 from heft.plan import Step
 from heft.store.artifacts import Artifact, ArtifactStore
+from heft.store.damage import DamagedArtifact
 from heft.study.grid import GridSpec
 from heft.study.grid_plan import GPU_STAGES
 from heft.tracking import Tracker
@@ -104,13 +105,14 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
         with gpu_slot(step.stage, on_dask):
             future = task.submit(step, parent, root, runs.get(step.key), live)
         futures[step.key], keys[future.task_run_id] = future, step.key
-    store, done, failed = ArtifactStore(root), {}, []
+    store, done, failed, damaged = ArtifactStore(root), {}, [], []
     for future in as_completed(list(futures.values())):
         key = keys[future.task_run_id]
         run = runs.get(key)
         try:
             art: Artifact = future.result()
         except Exception as e:  # noqa: BLE001 - reported below, with the step named
+            damaged.append(e) if isinstance(e, DamagedArtifact) else None
             failed.append(f"{next(s.label for s in steps if s.key == key)} {key}: {type(e).__name__}: {e}")
             if run:
                 run.finish("FAILED")
@@ -119,6 +121,8 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
             run.record_artifact(art, local_dir=store.local_path(art), replay=not live)
             run.finish()
         done[key] = (art, future.state.name)
+    if failed and len(damaged) == len(failed):
+        raise damaged[0]  # set aside already: the caller plans the grid again and rebuilds them
     if failed:
         raise RuntimeError(f"{len(failed)} grid step(s) failed:\n  " + "\n  ".join(failed))
     return done

@@ -20,7 +20,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.grid_engines import check_engine, grid_steps, task_runner, threads_per_worker
 from heft.config import ConfigError, flat_params
+from heft.pipeline import REBUILDS
 from heft.plan import Plan, plan
+from heft.store.damage import DamagedArtifact
 from heft.store.artifacts import ArtifactStore
 from heft.store.fingerprints import Fingerprints
 from heft.study.grid import Cell, GridSpec, expand, load_grid
@@ -43,22 +45,35 @@ def cell_tags(cell: Cell, grid_name: str) -> dict[str, str]:
 def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridSpec) -> list[dict]:
     """Every unique step once on the spec's task runner; then each cell's MLflow run gets its
     results and model.  A step a cell shares with an earlier cell counts as reused there."""
-    built = [k for k, s in grid.steps.items() if store.find(s.stage, k) is not None]
+    built_before = [k for k, s in grid.steps.items() if store.find(s.stage, k) is not None]
     with ExitStack() as stack:
         pipelines = [stack.enter_context(PipelineRun.start(p, store, grid_run, c.run_name,
                                                            cell_tags(c, spec.name)))
                      for c, p in zip(grid.cells, grid.plans)]
-        runs = {k: pipelines[grid.users[k][0]].run.child(s.label, stage_params(s.stage, s.config))
-                for k, s in grid.steps.items() if k not in built}  # only what will be built gets a run
         live = not spec.dask or grid.plans[0].config.tracking_uri.startswith(("http://", "https://"))
         threads = None if spec.dask else threads_per_worker(spec.workers)
-        done = grid_steps.with_options(task_runner=task_runner(spec), flow_run_name=f"{spec.name}: steps")(
-            list(grid.steps.values()), store.root, built, runs, live, bool(spec.dask), threads)
+        built = built_before
+        for attempt in range(REBUILDS + 1):
+            runs = {k: pipelines[grid.users[k][0]].run.child(s.label, stage_params(s.stage, s.config))
+                    for k, s in grid.steps.items() if k not in built}  # only what will be built gets a run
+            steps = grid_steps.with_options(task_runner=task_runner(spec),
+                                            flow_run_name=f"{spec.name}: steps")
+            try:
+                done = steps(list(grid.steps.values()), store.root, built, runs, live, bool(spec.dask),
+                             threads)
+                break
+            except DamagedArtifact as e:  # set aside: planning the grid again rebuilds it
+                for run in runs.values():
+                    run.finish("FAILED")
+                if attempt == REBUILDS:
+                    raise
+                print(f"{e}: running the grid's steps again")
+                built = [k for k, s in grid.steps.items() if store.find(s.stage, k) is not None]
         out = []
         for i, (cell, planned, pipeline) in enumerate(zip(grid.cells, grid.plans, pipelines)):
             rows = []
             for step in planned.steps:
-                first = grid.users[step.key][0] == i and step.key not in built
+                first = grid.users[step.key][0] == i and step.key not in built_before
                 rows.append({"stage": step.stage, "key": step.key,
                              "state": done[step.key][1] if first else "Cached",
                              "cache": "ran" if first else "reused"})

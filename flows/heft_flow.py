@@ -9,7 +9,8 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from heft.config import RunConfig
-from heft.pipeline import built, summary
+from heft.pipeline import REBUILDS, built, summary
+from heft.store.damage import DamagedArtifact
 from heft.plan import Plan, plan
 from heft.presets import DEFAULT_PRESET, load_run_config
 from heft.store.artifacts import ArtifactStore
@@ -25,7 +26,8 @@ def run_name() -> str:
     from prefect.runtime import flow_run
     p = flow_run.parameters
     if p.get("run_name"):
-        return p["run_name"]
+        grid = (p.get("mlflow_tags") or {}).get("heft.grid")
+        return f"{grid}: {p['run_name']}" if grid else p["run_name"]
     cfg = p.get("config") or (p["planned"].config if p.get("planned") else None)
     if cfg is None:
         return "heft " + (p.get("preset") or DEFAULT_PRESET).rsplit("/", 1)[-1].removesuffix(".yaml") + \
@@ -59,12 +61,15 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
         grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
                            mlflow_parent_run_id)
     with PipelineRun.start(planned, store, grid_run, run_name or config.mode, mlflow_tags or {}) as pipeline:
-        done: dict[str, StepResult] = {}
-        for step in planned.steps:
-            parent = done[step.parent_key].artifact if step.parent_key else None
-            reused = step.name in checked.built
-            done[step.key] = result = run_step_task(step, parent, store, pipeline.run, reused)
-            print(f"{step.stage:>8} {step.key} {result.state} ({'reused' if reused else 'ran'})")
+        for attempt in range(REBUILDS + 1):
+            try:
+                done = run_steps(planned, store, pipeline.run, checked)
+                break
+            except DamagedArtifact as e:  # set aside: the next walk of the plan rebuilds it
+                if attempt == REBUILDS:
+                    raise
+                print(f"{e}: running the plan again")
+                checked = Checked(built=built(planned, store), steps=len(planned.steps))
         out = {step.name: done[step.key].artifact for step in planned.steps}
         finished = pipeline.finish_with(out)
     rows = [done[step.key].row() for step in planned.steps]
@@ -73,6 +78,16 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     publish_summary(planned, rows, text, pipeline.run, finished["model"])
     return {"results": finished["results"], "stages": rows, "mlflow_run_id": pipeline.run.run_id,
             "model": finished["model"], "validation_accuracy": finished["validation_accuracy"]}
+
+
+def run_steps(planned: Plan, store: ArtifactStore, run: Tracker, checked: Checked) -> dict[str, StepResult]:
+    done: dict[str, StepResult] = {}
+    for step in planned.steps:
+        parent = done[step.parent_key].artifact if step.parent_key else None
+        reused = step.name in checked.built
+        done[step.key] = result = run_step_task(step, parent, store, run, reused)
+        print(f"{step.stage:>8} {step.key} {result.state} ({'reused' if reused else 'ran'})")
+    return done
 
 
 def publish_summary(planned: Plan, rows: list[dict], text: str, run: Tracker, model: dict) -> None:

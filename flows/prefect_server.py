@@ -16,11 +16,26 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+
+
+def detach_and_follow_parent() -> None:
+    """In the server child before exec: its own session, so a Ctrl-C or SIGTERM to the CLI's
+    process group does not kill the server under a flow that still has states to report (that
+    made the CLI retry a dead API for minutes); and a parent-death signal (Linux prctl), so the
+    server goes when the CLI dies, SIGKILL and OOM kills included, instead of lingering."""
+    os.setsid()
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the CLI's atexit still stops it
+        pass
 
 
 def _free_port() -> int:
@@ -43,7 +58,8 @@ class TemporaryServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
+            preexec_fn=detach_and_follow_parent)
         # stopped at exit, as Prefect stops its own: atexit runs last-in first-out, so the
         # log and event workers that Prefect registers later drain into a live server first
         atexit.register(self.stop)

@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,37 @@ class ConfigError(ValueError):
 def _require(ok: bool, where: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"{where}={value!r}: {why}")
+
+
+_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def check_types(cfg: Any, section: str) -> None:
+    """Every field holds a value of its declared type (bool: a real boolean, int: an int and
+    not a bool, float: any number, str, tuple of str, X | None); the error names the option.
+    Runs first in each __post_init__, so a programmatic config is checked like a YAML one."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), hints[f.name]
+        name = f"{section}.{f.name}" if section else f.name
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        options = typing.get_args(kind) if union else (kind,)
+        if value is None and type(None) in options:
+            continue
+        kind = next(k for k in options if k is not type(None))
+        if dataclasses.is_dataclass(kind):
+            ok = isinstance(value, kind)
+        elif typing.get_origin(kind) is tuple:
+            ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
+            kind = "a list of strings"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"{name}={value!r}: expected {_NAMES.get(kind, kind)}")
 
 
 def parse_positions(spec: str) -> tuple[int, int]:
@@ -64,6 +97,7 @@ class ModelConfig:
         "help": "seq-cls only: 'cls' (the model's own pooler/head) or 'mean' (mean over tokens)"})
 
     def __post_init__(self):
+        check_types(self, "model")
         _require(bool(self.name), "model.name", self.name, "must be a hub id or a folder")
         _require(self.family in FAMILIES, "model.family", self.family, f"one of {FAMILIES}")
         _require(self.dtype in DTYPES, "model.dtype", self.dtype, f"one of {DTYPES}")
@@ -93,6 +127,7 @@ class DataConfig:
                               "(refused by default: the reported accuracy would be contaminated)"})
 
     def __post_init__(self):
+        check_types(self, "data")
         _require(bool(self.source), "data.source", self.source, "must name a dataset")
         _require(self.format in FORMATS, "data.format", self.format, f"one of {FORMATS}")
         for name in ("valid_size", "max_train", "max_eval"):
@@ -147,6 +182,7 @@ class LoraConfig(TrainConfig):
         "help": "recompute block activations in backward: less memory, more time (not in the cache key)"})
 
     def __post_init__(self):
+        check_types(self, "lora")
         self._validate_train("lora")
         _require(self.rank >= 1, "lora.rank", self.rank, "must be >= 1")
         _require(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
@@ -158,6 +194,9 @@ class LoraConfig(TrainConfig):
 class MergeConfig:
     safe_merge: bool = field(default=True, metadata={
         "help": "peft safe_merge: check merged weights for NaN/inf before replacing the base"})
+
+    def __post_init__(self):
+        check_types(self, "merge")
 
 
 @dataclass(frozen=True)
@@ -173,6 +212,7 @@ class ReftConfig(TrainConfig):
         "help": "seq-cls only: also train the 2-label classification head (LoReFT's GLUE setting)"})
 
     def __post_init__(self):
+        check_types(self, "reft")
         self._validate_train("reft")
         _require(self.layer >= 0, "reft.layer", self.layer, "must be >= 0")
         _require(self.rank >= 1, "reft.rank", self.rank, "must be >= 1")
@@ -185,6 +225,7 @@ class EvalConfig:
     batch_size: int = field(default=64, metadata={"help": "examples per scoring forward pass"})
 
     def __post_init__(self):
+        check_types(self, "eval")
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
 
 
@@ -215,6 +256,7 @@ class RunConfig:
     experiment: str = from_env("MLFLOW_EXPERIMENT_NAME", "heft", "MLflow experiment name")
 
     def __post_init__(self):
+        check_types(self, "")
         _require(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
         for name in ("artifact_root", "tracking_uri", "experiment"):
             value = getattr(self, name)

@@ -5,21 +5,33 @@ The Prefect flows walk the same plan (flows/heft_flow.py), each step a cached ta
 """
 from __future__ import annotations
 
+import logging
+
 from heft.config import RunConfig
 from heft.plan import Plan, plan
 from heft.progress import Progress
 from heft.stages import run_step
 from heft.store.artifacts import Artifact, ArtifactStore
+from heft.store.damage import DamagedArtifact
+
+REBUILDS = 2  # how many damaged artifacts one run rebuilds before giving up
+log = logging.getLogger(__name__)
 
 
 def run_plan(the_plan: Plan, store: ArtifactStore | None = None,
              progress: Progress | None = None) -> dict[str, Artifact]:
     """{step name: artifact} for every step of the plan, built where missing."""
     store = store or ArtifactStore(the_plan.config.artifact_root)
-    by_key: dict[str, Artifact] = {}
-    for step in the_plan.steps:
-        by_key[step.key] = run_step(step, by_key.get(step.parent_key), store, progress)
-    return {step.name: by_key[step.key] for step in the_plan.steps}
+    for attempt in range(REBUILDS + 1):
+        by_key: dict[str, Artifact] = {}
+        try:
+            for step in the_plan.steps:
+                by_key[step.key] = run_step(step, by_key.get(step.parent_key), store, progress)
+            return {step.name: by_key[step.key] for step in the_plan.steps}
+        except DamagedArtifact as e:  # set aside already: walking the plan again rebuilds it
+            if attempt == REBUILDS:
+                raise
+            log.warning("%s: running the plan again", e)
 
 
 def run_pipeline(cfg: RunConfig, store: ArtifactStore | None = None,

@@ -76,6 +76,16 @@ def number(value: Any, name: str, kind: type) -> int | float:
     return kind(value)
 
 
+def boolean(value: Any, name: str) -> bool:
+    """A boolean option: YAML's true/false, or the words 'true'/'false' (a quoted "false" in a
+    preset means false; anything else is an error, never silently true)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ConfigError(f"option {name}={value!r}: expected true or false")
+    return value
+
+
 def from_dict(cls, values: dict, where: str) -> Any:
     """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclass fields."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -90,8 +100,10 @@ def from_dict(cls, values: dict, where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"option {name!r} must be a mapping, got {value!r}")
             value = from_dict(type(default), value, name)
-        elif isinstance(value, list):
+        elif isinstance(value, list) and isinstance(fields[key].default, tuple):
             value = tuple(value)
+        elif type(fields[key].default) is bool:
+            value = boolean(value, name)
         elif type(fields[key].default) in (int, float):
             value = number(value, name, type(fields[key].default))
         kwargs[key] = value

@@ -34,6 +34,7 @@ from heft.pipeline import built
 from heft.plan import TRAINS, Plan
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.locks import LeaseLock
+from heft.tracking.client import probe
 
 
 @dataclass
@@ -59,12 +60,22 @@ def model_skeleton(family: str, hf_config):
         return AutoModelForSequenceClassification.from_config(hf_config)
 
 
+def check_lora_rank(rank: int, targets: list[str], skeleton) -> None:
+    """r <= the smallest dimension of every adapted weight (B A has rank at most that)."""
+    dims = [min(m.weight.shape) for n, m in skeleton.named_modules() if n.rsplit(".", 1)[-1] in targets
+            and getattr(m, "weight", None) is not None and m.weight.ndim == 2]
+    if dims and rank > min(dims):
+        raise ConfigError(f"lora.rank={rank}: must be <= {min(dims)}, the smallest dimension of the "
+                          f"adapted weights ({', '.join(targets)})")
+
+
 def check_artifact_root(root: str) -> ArtifactStore:
     """The store for ``root`` once it has taken a probe write; the probe is removed at once."""
     try:
         store = ArtifactStore(root)
     except (ValueError, ImportError, TypeError) as e:  # unknown protocol, malformed URL
         raise ConfigError(f"artifact_root={root!r}: not a usable folder or URL ({e})") from None
+    store.clean_scratch()  # scratch of builds killed earlier (the root itself is checked below)
     if store.local:
         probe = store.base
         while not os.path.exists(probe):  # the nearest existing folder: nothing is created
@@ -99,6 +110,7 @@ def validate(the_plan: Plan) -> Checked:
     """Check everything that can be checked cheaply before any training starts; write nothing."""
     cfg = the_plan.config
     store = check_artifact_root(cfg.artifact_root)
+    probe(cfg.tracking_uri)  # a dead MLflow server fails here, not after the first epoch
     done = built(the_plan, store)
     checked = Checked(done, len(the_plan.steps))
     if checked.all_built:
@@ -119,7 +131,8 @@ def validate(the_plan: Plan) -> Checked:
     # a finished LoRA artifact for this very config proves the targets matched
     if "lora" in TRAINS[cfg.mode] and "lora" not in done:
         from heft.stages.lora import target_modules
-        target_modules(cfg.lora, model_skeleton(family, hf_config))
+        skeleton = model_skeleton(family, hf_config)
+        check_lora_rank(cfg.lora.rank, target_modules(cfg.lora, skeleton), skeleton)
     if "data" not in done:
         split_rows(cfg.data)
     checked.model = {"family": family, "depth": depth, "hidden_size": hidden}

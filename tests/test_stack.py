@@ -183,9 +183,11 @@ def test_grid_fans_out_to_the_work_pool_and_a_failed_cell_fails_it(deployed, tmp
               *GRID, "deployment=heft/boolq"], env, timeout=900)
     grid = next(r for r in flow_runs(deployed, name={"any_": ["grid reft-layers"]}))
     assert grid["state"]["name"] == "Completed", out[-3000:]
-    children = flow_runs(deployed, parent_flow_run_id={"any_": [grid["id"]]})
-    cells = [c for c in children if c["name"].startswith("reft-layers: ")]
+    cells = flow_runs(deployed, tags={"all_": ["grid:reft-layers"]})
     assert len(cells) == 3 and all(c["state"]["name"] == "Completed" for c in cells)
+    assert all(c["name"].startswith("reft-layers: ") for c in cells)
+    for c in cells:  # each child hangs under the grid's flow run (run_deployment as a subflow)
+        assert call(f"{deployed['prefect']}/task_runs/{c['parent_task_run_id']}")["flow_run_id"] == grid["id"]
     spans = sorted((c["start_time"], c["end_time"]) for c in cells)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), f"no two cells overlapped: {spans}"
     grid_runs = mlflow_runs(deployed, "tags.`heft.kind` = 'grid' and tags.`heft.grid` = 'reft-layers'")

@@ -69,6 +69,19 @@ CASES = [
      "data: 3270 of the 3270 held-out rows also occur in the training"),
     ("holdout_size with eval_source", lambda t: ["data.eval_source=../shared/data/boolq/validation.jsonl"],
      "data.holdout_size=1000: does nothing with data.eval_source"),
+    ("dead MLflow server", lambda t: ["tracking_uri=http://127.0.0.1:9"],
+     "tracking_uri='http://127.0.0.1:9': no MLflow server answers"),
+    ("bool option not true/false", lambda t: ["merge.safe_merge=nope"],
+     "merge.safe_merge='nope': expected true or false"),
+    ("seed not a number", lambda t: ["seed=abc"], "seed='abc': expected a whole number"),
+    ("seed a quoted number", lambda t: ["seed='7'"], "seed='7': expected a whole number"),
+    ("seed a fraction", lambda t: ["seed=1.5"], "seed=1.5: expected a whole number"),
+    ("LoRA rank above the weights' size", lambda t: ["lora.rank=1000000"],
+     "lora.rank=1000000: must be <= 32, the smallest dimension of the adapted weights"),
+    ("model name not a string", lambda t: ["model.name=3"], "model.name=3: expected a string"),
+    ("list for a number", lambda t: ["lora.rank=[8]"], "lora.rank=[8]: expected a number"),
+    ("unreachable S3 data source", lambda t: ["data.source=s3://heft-none/x.jsonl"],
+     "data source 's3://heft-none/x.jsonl'"),
 ]
 
 

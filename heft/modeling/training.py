@@ -62,8 +62,10 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
     params = [p for g in groups for p in g["params"]]
     layers = models.transformer_layers(model) if intervention else None
     history, resumed = [], 0
-    if checkpoints and (resumed := checkpoints.latest(cfg.epochs)):
-        history = checkpoints.restore(resumed, state, optimizer, scheduler)[:resumed]
+    if checkpoints:
+        resumed, history = checkpoints.restore_latest(cfg.epochs, state, optimizer, scheduler)
+        history = history[:resumed]
+    if resumed:
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device

@@ -42,7 +42,7 @@ class StageInputs:
         """A lineage reference ('artifact:merge/<key>' or a hub id/folder) -> loadable path."""
         if ref.startswith("artifact:"):
             stage, key, *sub = ref.removeprefix("artifact:").split("/")
-            return str(Path(self.store.local_path(self.artifact(stage, key)), *sub))
+            return str(Path(self.store.open(self.artifact(stage, key)), *sub))  # sha256-checked
         return ref
 
     def optional(self, name: str) -> str | None:
@@ -86,7 +86,7 @@ class StageInputs:
 
     def rows(self, split: str) -> list[dict]:
         data = self.artifact("data", self.parent.lineage("data_key"))
-        return read_split(self.store.local_path(data), split)
+        return read_split(self.store.open(data), split)
 
     def artifact(self, stage: str, key: str) -> Artifact:
         found = self.store.find(stage, key)

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from heft.store.fs import is_local, normalize_root, url_to_fs
-from heft.store.hashing import cache_dir, sha256_file
+from heft.store.damage import DamagedArtifact, content_problem, remember, set_aside
+from heft.store.hashing import StampCache, cache_dir, sha256_file
 from heft.store.keys import FORMAT_VERSION, digest, key_payload
 from heft.store.locks import FileLock, LeaseLock, lock_name
 
@@ -75,6 +76,16 @@ def manifest(folder: Path) -> dict[str, dict]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+
+
 def log_build(art: Artifact) -> None:
     """Append one line per built artifact to $HEFT_BUILD_LOG, if set: stage, key, when, by which
     process (the audit trail the grid benchmarks and tests read: who built what, when)."""
@@ -109,6 +120,7 @@ class ArtifactStore:
             self.base = os.path.abspath(self.base)
         # local copies of remote artifacts (keys are content hashes, so sharing is safe)
         self.cache_dir = Path(cache) if cache else cache_dir()
+        self.stamps = StampCache()
         lock_url = os.environ.get("HEFT_LOCK_URL", "")
         if lock_url and not self.local:  # many hosts share a remote root: a lease lock on a lock server
             self.locks = LeaseLock(lock_url, namespace=digest(self.root, 12))
@@ -139,7 +151,7 @@ class ArtifactStore:
             problem = f"meta.json names key {meta.get('key')!r}"
         problem = problem or self.file_problem(folder, meta["files"])
         if problem:
-            log.warning("ignoring damaged artifact %s/%s (%s); it will be rebuilt", stage, key, problem)
+            set_aside(self, stage, key, problem)  # treated as absent from now on, and rebuilt
             return None
         return Artifact(stage=stage, key=key, uri=self.uri(stage, key), meta=meta)
 
@@ -199,13 +211,32 @@ class ArtifactStore:
     @contextmanager
     def scratch(self, stage: str, key: str) -> Iterator[Path]:
         """A fresh local folder to fill; removed afterwards whatever happens."""
-        parent = Path(self.base) / ".tmp" if self.local else self.cache_dir / ".tmp"
+        parent = self.scratch_root()
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{lock_name(stage, key)}-", dir=parent))
+        # the builder's pid in the name: clean_scratch can tell a live build from a killed one
+        tmp = Path(tempfile.mkdtemp(prefix=f"{lock_name(stage, key)}-{os.getpid()}-", dir=parent))
         try:
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def scratch_root(self) -> Path:
+        return Path(self.base) / ".tmp" if self.local else self.cache_dir / ".tmp"
+
+    def clean_scratch(self) -> list[str]:
+        """Remove the scratch folders of builds whose process is gone (killed with SIGKILL, an
+        OOM kill, a lost host session); a live build's folder is left alone."""
+        removed = []
+        root = self.scratch_root()
+        for folder in root.iterdir() if root.is_dir() else ():
+            parts = folder.name.rsplit("-", 2)
+            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+            if pid is not None and pid != os.getpid() and not _alive(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        if removed:
+            log.warning("removed %d scratch folder(s) of builds that were killed: %s", len(removed), removed)
+        return removed
 
     def publish(self, tmp: Path, stage: str, key: str, meta: dict) -> Artifact:
         """Add the file manifest and provenance to ``meta``, write it into tmp and move the
@@ -219,12 +250,11 @@ class ArtifactStore:
         if self.local:
             (tmp / META).write_text(text)
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            if os.path.exists(final) and self.find(stage, key) is None:  # a damaged entry: set aside
-                trash = Path(self.base) / ".trash"
-                trash.mkdir(parents=True, exist_ok=True)
-                os.rename(final, tempfile.mkdtemp(prefix=f"{lock_name(stage, key)}-", dir=trash))
+            if os.path.exists(final) and self.find(stage, key) is None and os.path.exists(final):
+                set_aside(self, stage, key, "an entry without meta.json")  # never published completely
             try:
                 os.rename(tmp, final)
+                remember(meta["files"], Path(final), self.stamps)  # hashed just now: trusted while unchanged
             except OSError:  # another run published the same key first: keep theirs
                 if not os.path.exists(os.path.join(final, META)):
                     raise
@@ -243,6 +273,27 @@ class ArtifactStore:
         return found
 
     # -- reading ----------------------------------------------------------------------------
+    def open(self, art: Artifact) -> Path:
+        """A local folder of the artifact's files, each checked against its sha256 in meta.json
+        before anyone reads it (heft/store/damage.py).  A damaged local copy of a remote
+        artifact is downloaded again; a damaged artifact is set aside and DamagedArtifact
+        raised, so the caller rebuilds it instead of reading corrupt bytes."""
+        folder = self.local_path(art)
+        if (problem := self.content_problem(art, folder)) is not None:
+            if not self.local:  # the copy may be bad while the object store's is good
+                log.warning("local copy of %s/%s is damaged (%s): downloading it again", art.stage, art.key,
+                            problem)
+                os.rename(folder, tempfile.mkdtemp(dir=self.cache_dir, prefix=".damaged-"))
+                folder = self.local_path(art)
+                problem = self.content_problem(art, folder)
+            if problem is not None:
+                set_aside(self, art.stage, art.key, problem)
+                raise DamagedArtifact(art.stage, art.key, problem)
+        return folder
+
+    def content_problem(self, art: Artifact, folder: Path) -> str | None:
+        return content_problem(art.meta.get("files", {}), folder, self.stamps)
+
     def local_path(self, artifact: Artifact) -> Path:
         """A local folder holding the artifact's files (downloaded once for remote roots)."""
         if self.local:

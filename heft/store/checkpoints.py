@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import re
 
 import torch
@@ -29,9 +30,11 @@ from safetensors.torch import load_file, save_file
 
 from heft.config import TrainConfig
 from heft.store.artifacts import ArtifactStore
+from heft.store.damage import DamagedArtifact
 from heft.store.keys import stage_key
 
 EPOCH_RE = re.compile(r"^epoch-(\d{4})$")
+log = logging.getLogger(__name__)
 
 
 def prefix_stable(cfg: TrainConfig) -> bool:
@@ -94,10 +97,24 @@ class EpochCheckpoints:
                 "stage": "checkpoint", "key": key, "config": dataclasses.asdict(self.cfg),
                 "metrics": {"epoch": epoch, "history": history}, "lineage": {}})
 
+    def restore_latest(self, max_epoch: int, tensors: dict[str, torch.Tensor], optimizer,
+                       scheduler) -> tuple[int, list[dict]]:
+        """Restore the last good checkpoint epoch <= max_epoch: (epoch, its history), (0, [])
+        when there is none.  A checkpoint whose files do not match their sha256 is set aside
+        and the epoch before it is tried: a corrupt checkpoint is never resumed from."""
+        for epoch in sorted((e for e in self.epochs() if e <= max_epoch), reverse=True):
+            try:
+                return epoch, self.restore(epoch, tensors, optimizer, scheduler)
+            except DamagedArtifact as e:
+                log.warning("%s; resuming from an earlier epoch", e)
+        return 0, []
+
     def restore(self, epoch: int, tensors: dict[str, torch.Tensor], optimizer, scheduler) -> list[dict]:
         """Load epoch's state into the live tensors/optimizer/scheduler; return its history."""
         art = self.store.find(self.folder, f"epoch-{epoch:04d}")
-        folder = self.store.local_path(art)
+        if art is None:
+            raise DamagedArtifact(self.folder, f"epoch-{epoch:04d}", "no readable meta.json")
+        folder = self.store.open(art)  # sha256-checked, set aside if damaged
         saved = load_file(str(folder / "trainable.safetensors"))
         missing = sorted(set(tensors) ^ set(saved))
         if missing:

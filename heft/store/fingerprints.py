@@ -34,8 +34,14 @@ def data_fingerprint(cfg: DataConfig) -> str:
         if is_hub_id(src):
             h.update(f"hub:{src}".encode())
             continue
-        fs, path = url_to_fs(src)
-        if not fs.exists(path):
+        try:
+            fs, path = url_to_fs(src)
+            exists = fs.exists(path)
+        except (ImportError, ValueError) as e:  # an unknown protocol, a malformed URL
+            raise DataError(f"data source {src!r}: not a usable file or URL ({e})") from None
+        except Exception as e:  # noqa: BLE001 - unreachable endpoint, no permission
+            raise DataError(f"data source {src!r}: not reachable ({type(e).__name__}: {e})") from None
+        if not exists:
             raise DataError(f"data source {src!r} does not exist")
         files = sorted(fs.find(path)) if fs.isdir(path) else [path]
         for p in (p for p in files if p.endswith((".jsonl", ".json"))):

@@ -104,7 +104,7 @@ class CellData:
         """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final)."""
         name = "eval:" + (evaluation or FINAL_EVAL[self.cell.method])
         if name not in self._preds:
-            path = self.store.local_path(self.artifacts[name]) / "predictions.jsonl"
+            path = self.store.open(self.artifacts[name]) / "predictions.jsonl"
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             rows.sort(key=lambda r: r["index"])
             self._preds[name] = ([r["pred"] for r in rows], [r["label"] for r in rows])
@@ -115,7 +115,7 @@ class CellData:
         art = self.artifacts.get(stage)
         if art is None:
             return []
-        path = self.store.local_path(art) / "history.json"
+        path = self.store.open(art) / "history.json"
         return json.loads(path.read_text()) if path.exists() else []
 
 
