@@ -83,6 +83,9 @@ def service_env(st: dict, name: str) -> dict[str, str]:
            "PYTHONUNBUFFERED": "1", "PREFECT_WORKER_QUERY_SECONDS": "3"}
     if name in ("s3", "mlflow", "prefect", "redis"):
         env.pop("PREFECT_API_URL")  # the server must not try to talk to itself as a client
+    if name == "prefect":  # the UI's pages call this API (Prefect's default is port 4200)
+        api = f"http://127.0.0.1:{st['ports']['prefect']}/api"
+        env.update({"PREFECT_UI_API_URL": api, "PREFECT_SERVER_UI_API_URL": api})
     if name in DASK_WORKERS:  # one GPU per worker; one torch thread each on a CPU-only machine
         env.update({"CUDA_VISIBLE_DEVICES": name.rsplit("-", 1)[1], "OMP_NUM_THREADS": "1"})
     return env

@@ -101,9 +101,12 @@ def command(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     with services_starting(cfg.tracking_uri) as serve:
+        from prefect import tags
+
         from flows.heft_flow import heft  # Prefect import only when running
         try:
-            with serve():
+            model = cfg.model.name.rstrip("/").rsplit("/", 1)[-1]
+            with serve(), tags("heft", f"mode:{cfg.mode}", f"model:{model}"):
                 result = heft(cfg)
         except ConfigError as e:
             print(f"heft: error: {e}", file=sys.stderr)
@@ -123,8 +126,10 @@ def grid_command(args) -> int:
             print("\n".join(describe_grid(cells)))
             return 0
         with services_starting(cells[0].config.tracking_uri) as serve:
+            from prefect import tags
+
             from flows.grid_flow import heft_grid
-            with serve():
+            with serve(), tags("heft", "grid", f"grid:{spec.name}"):
                 heft_grid(spec=spec, register=args.register)
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)

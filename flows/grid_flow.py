@@ -20,7 +20,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.grid_engines import check_engine, grid_steps, task_runner, threads_per_worker
 from heft.config import ConfigError, flat_params
-from heft.pipeline import REBUILDS
+from flows.heft_flow import publish_summary
+from heft.pipeline import REBUILDS, summary
 from heft.plan import Plan, plan
 from heft.store.damage import DamagedArtifact
 from heft.store.artifacts import ArtifactStore
@@ -79,7 +80,9 @@ def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: Gri
                              "cache": "ran" if first else "reused"})
                 if not first:
                     link_builder(pipeline.run, step, done[step.key][0])
-            finished = pipeline.finish_with({s.name: done[s.key][0] for s in planned.steps})
+            artifacts = {s.name: done[s.key][0] for s in planned.steps}
+            finished = pipeline.finish_with(artifacts)
+            publish_summary(planned, rows, summary(artifacts), pipeline.run, finished["model"])
             out.append({"results": finished["results"], "stages": rows, "mlflow_run_id": pipeline.run.run_id,
                         "model": finished["model"], "validation_accuracy": finished["validation_accuracy"],
                         "seconds": built_seconds(planned, done, rows)})

@@ -92,7 +92,8 @@ def scratch_copy() -> Path:
     """The checkout's tracked and untracked-not-ignored files, copied to a temporary folder."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
-    dest = Path(tempfile.mkdtemp(prefix="heft-mutant-"))
+    # beside the checkout: the presets name ../shared relative to the project folder
+    dest = Path(tempfile.mkdtemp(prefix=".heft-mutant-", dir=ROOT.parent))
     for rel in files:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
     layers = models.transformer_layers(model) if intervention else None
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
-        for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False):
+        for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
             batch = to_device(collate(enc, idx, pad_id), dev)
             if intervention:
                 intervention.set_batch(batch["attention_mask"])

@@ -5,6 +5,7 @@ whether an intervention hook is attached; the loss, schedule and bookkeeping are
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -21,6 +22,8 @@ from heft.modeling.precision import autocast
 from heft.modeling.scoring import predict
 from heft.progress import Progress
 from heft.store.checkpoints import EpochCheckpoints
+
+log = logging.getLogger(__name__)
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -73,8 +76,9 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
             start, total_loss, seen = time.perf_counter(), 0.0, 0
+            # disable=None: a bar on a terminal, none in log files and CI (one line per epoch below)
             bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
-                       desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+                       desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None)
             for step, idx in enumerate(bar):
                 batch = to_device(collate(train_enc, idx, pad_id), dev)
                 if intervention:
@@ -107,6 +111,10 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
                                 desc=f"{desc} valid", precision=precision)
                 metrics["valid_accuracy"] = (preds == torch.tensor(valid_enc.labels)).float().mean().item()
             history.append(metrics)
+            valid = metrics.get("valid_accuracy")
+            log.info("%s epoch %d/%d: train loss %.4f%s (%.0f s)", desc, epoch, cfg.epochs,
+                     metrics["train_loss"], f", validation accuracy {valid:.2%}" if valid is not None else "",
+                     seconds)
             if checkpoints:
                 checkpoints.save(epoch, state, optimizer, scheduler, history)
             progress.epoch(epoch, metrics)
