@@ -22,9 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (apt-get install chromium)")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not CHROMIUM,
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def free_port() -> int:
@@ -56,22 +57,23 @@ def servers(tmp_path_factory, tiny_llama, keyword_data):
     server_env = {**{k: v for k, v in env.items() if k != "PREFECT_API_URL"},  # the UI asks this API:
                   "PREFECT_UI_API_URL": f"http://127.0.0.1:{pp}/api",
                   "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{pp}/api"}
-    procs = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
-                              env=server_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    prefect = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)]
+    procs = [subprocess.Popen(prefect, env=server_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         wait_http(f"http://127.0.0.1:{pp}/api/health", procs[0])
-        run = subprocess.run([sys.executable, "-m", "flows.cli", "grid", "--grid", "deployments/grids/reft-layers.yaml",
-                              "preset=deployments/stories-boolq.yaml", f"model.name={tiny_llama}", "model.max_length=32",
-                              f"data.source={keyword_data}", "data.holdout_size=60", "data.valid_size=40",
-                              "data.max_train=240", "lora.lr=1e-2", "reft.lr=1e-2", "lora.epochs=1", "reft.epochs=1",
-                              "axes={reft.layer: [0, 1, 2]}", f"artifact_root={tmp}/art", f"tracking_uri={db}"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        grid = [sys.executable, "-m", "flows.cli", "grid", "--grid", "deployments/grids/reft-layers.yaml",
+                "preset=deployments/stories-boolq.yaml", f"model.name={tiny_llama}", "model.max_length=32",
+                f"data.source={keyword_data}", "data.holdout_size=60", "data.valid_size=40",
+                "data.max_train=240", "lora.lr=1e-2", "reft.lr=1e-2", "lora.epochs=1", "reft.epochs=1",
+                "axes={reft.layer: [0, 1, 2]}", f"artifact_root={tmp}/art", f"tracking_uri={db}"]
+        run = subprocess.run(grid, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         # the MLflow store is created by the grid; the server reads it afterwards
-        procs.append(subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--host",
-                                       "127.0.0.1", "--port", str(mp), "--workers", "1"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        mlflow = [str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
+                  "--port", str(mp), "--workers", "1"]
+        procs.append(subprocess.Popen(mlflow, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
         wait_http(f"http://127.0.0.1:{mp}/health", procs[1])
         yield {"tmp": tmp, "prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}", "db": db}
     finally:
@@ -105,7 +107,8 @@ def page_text(browser, url: str, expect: str, shot: Path) -> str:
         page.get_by_text(expect, exact=False).first.wait_for(timeout=90_000)
     except Exception:
         page.screenshot(path=str(shot), full_page=True)
-        raise AssertionError(f"{expect!r} not on {url} (screenshot {shot}):\n{page.inner_text('body')[:2000]}")
+        body = page.inner_text("body")[:2000]
+        raise AssertionError(f"{expect!r} not on {url} (screenshot {shot}):\n{body}")
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shot), full_page=True)
     text = page.inner_text("body")
@@ -126,21 +129,23 @@ def test_mlflow_grid_page_names_the_best_cell_and_its_accuracy(servers, browser)
 def test_mlflow_compare_page_shows_the_differing_param_and_the_heldout_metric(servers, browser):
     exp, grid, cells = mlflow_runs(servers)
     ids = json.dumps([c.info.run_id for c in cells])
-    text = page_text(browser, f"{servers['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp])}",
-                     "reft.layer", servers["tmp"] / "mlflow-compare.png")
+    url = f"{servers['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp])}"
+    text = page_text(browser, url, "reft.layer", servers["tmp"] / "mlflow-compare.png")
     assert "reft.layer" in text and "heldout_accuracy" in text
     assert {c.data.params["reft.layer"] for c in cells} == {"0", "1", "2"}
 
 
 def test_prefect_ui_shows_readable_names_and_the_mlflow_link(servers, browser):
-    text = page_text(browser, f"{servers['prefect']}/runs", "grid reft-layers", servers["tmp"] / "prefect-runs.png")
+    shots = servers["tmp"]
+    text = page_text(browser, f"{servers['prefect']}/runs", "grid reft-layers", shots / "prefect-runs.png")
     assert "grid reft-layers" in text and "reft-layers: steps" in text
     body = json.dumps({"flow_runs": {"name": {"any_": ["reft-layers: steps"]}}}).encode()
     req = urllib.request.Request(f"{servers['prefect']}/api/flow_runs/filter", body,
                                  {"Content-Type": "application/json"})
     steps = json.loads(urllib.request.urlopen(req, timeout=30).read())[0]
     text = page_text(browser, f"{servers['prefect']}/runs/flow-run/{steps['id']}", "evaluate:heft",
-                     servers["tmp"] / "prefect-steps.png")
+                     shots / "prefect-steps.png")
     assert "evaluate:heft" in text and "evaluate:merged" in text
-    text = page_text(browser, f"{servers['prefect']}/artifacts", "mlflow-run-", servers["tmp"] / "prefect-artifacts.png")
+    text = page_text(browser, f"{servers['prefect']}/artifacts", "mlflow-run-",
+                     shots / "prefect-artifacts.png")
     assert "mlflow-run-" in text and "heft-summary-" in text
