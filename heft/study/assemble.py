@@ -1,6 +1,7 @@
 """Assemble a finished study into results.md, its PNGs and the metrics logged to MLflow."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from heft.study import document as results
+from heft.study import verdicts as verdict
 from heft.study import tables as analysis
 from heft.study.grid import GridSpec
 from heft.study.spec import CellData, StudySpec, gather
@@ -19,22 +21,35 @@ def metric_name(text: str) -> str:
 
 
 def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: str) -> list[str]:
-    cfg = main[0].cell.config
-    n = main[0].artifacts["data"].metrics  # row counts of the split the data stage wrote
-    m = main[0].artifacts["eval:" + analysis._final(main[0])].metrics
-    return [f"- Model: `{cfg.model.name}` ({main[0].artifacts['base'].meta['lineage']['family']}, "
-            f"{main[0].artifacts['base'].meta['lineage']['depth']} blocks), "
-            f"max_length {cfg.model.max_length}, "
-            f"float32 on {torch.device('cuda' if torch.cuda.is_available() else 'cpu')} "
+    """The setup, read off the configs and artifacts of the cells (nothing assumed)."""
+    first = main[0]
+    cfg, lineage = first.cell.config, first.artifacts["base"].meta["lineage"]
+    n = first.artifacts["data"].metrics  # row counts of the split the data stage wrote
+    m = first.artifacts["eval:" + analysis._final(first)].metrics
+    record = json.loads((first.store.open(first.artifacts["data"]) / "split.json").read_text())
+    precision = lineage["model_config"]["autocast"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if record["resplit"]:
+        data = (f"`{cfg.data.source}` re-split with split_seed {cfg.data.split_seed}: {n['n_train']:.0f} "
+                f"training, {n['n_valid']:.0f} validation and {n['n_eval']:.0f} held-out rows")
+    else:
+        data = (f"trained on `{record['sources']['train']}` ({n['n_train']:.0f} rows, {n['n_valid']:.0f} "
+                f"carved out for validation with split_seed {cfg.data.split_seed}), evaluated on all "
+                f"{n['n_eval']:.0f} rows of `{record['sources']['eval']}`")
+    schedules = sorted({c.cell.config.lora.schedule for c in main}
+                       | {c.cell.config.reft.schedule for c in main})
+    return [f"- Model: `{cfg.model.name}` ({lineage['family']}, {lineage['depth']} blocks), max_length "
+            f"{cfg.model.max_length}, weights {cfg.model.dtype}, matmuls "
+            f"{'in bf16 autocast' if precision == 'bfloat16' else 'in ' + cfg.model.dtype} on {device} "
             f"({os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads).",
-            f"- Data: `{cfg.data.source}` ({cfg.data.format} format), re-split with split_seed "
-            f"{cfg.data.split_seed}: {n['n_train']:.0f} training, {n['n_valid']:.0f} validation and "
-            f"{n['n_eval']:.0f} held-out rows (held-out majority rate {100 * m['majority_rate']:.2f}%).",
+            f"- Data ({cfg.data.format} format): {data}; held-out majority rate "
+            f"{100 * m['majority_rate']:.2f}%.",
             f"- LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on "
-            f"{', '.join(cfg.lora.target_modules) or 'the per-architecture default modules'}, lr "
-            f"{cfg.lora.lr}; LoReFT layer {cfg.reft.layer}, rank {cfg.reft.rank}, "
-            f"positions {cfg.reft.positions}, "
-            f"lr {cfg.reft.lr}; batch {cfg.lora.batch_size}; constant LR after warm-up.",
+            f"{', '.join(cfg.lora.target_modules) or 'the per-architecture default modules'}, "
+            f"lr {cfg.lora.lr} "
+            f"(head {cfg.lora.head_learning_rate}); LoReFT layer {cfg.reft.layer}, rank {cfg.reft.rank}, "
+            f"positions {cfg.reft.positions}, lr {cfg.reft.lr}; batch {cfg.lora.batch_size}; "
+            f"{' and '.join(schedules)} learning-rate schedule.",
             f"- Scale: study overrides `{' '.join(spec.overrides)}`. Labels name the paper's epochs; the "
             "'epochs trained' column says what ran.",
             f"- Seeds: {sorted({c.cell.seed for c in main})} (initialisation, dropout and batch order; "
@@ -42,6 +57,18 @@ def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: 
             f"- Study wall time this run: {wall_s:.0f} s (cached stages are not retrained). "
             f"MLflow: `{tracking}`, experiment `{cfg.experiment}`, one parent run `study: {spec.name}` "
             "with one nested run per grid and per cell. Generated " + time.strftime("%Y-%m-%d") + "."]
+
+
+def recipe_rows(cells: list[CellData]) -> list[dict]:
+    """The recipe search: validation accuracy after each epoch (it chooses), held-out shown."""
+    rows = analysis.table(cells)
+    for r, c in zip(rows, [cs[0] for cs in analysis.by_label(cells).values()]):
+        r["valid_curve"] = [100 * h["valid_accuracy"] for s in c.cell.epochs for h in c.history(s)
+                            if "valid_accuracy" in h]
+    best = max((r for r in rows if r["valid_curve"]), key=lambda r: max(r["valid_curve"]), default=None)
+    for r in rows:
+        r["chosen"] = r is best
+    return rows
 
 
 def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dict[str, str]], path: str,
@@ -68,18 +95,12 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
         results.plot_spectra(spectra, files["intruders"])
     flip_rows = analysis.reft_flips(main)
     tasks = [(spec.titles.get(name, f"Grid {name}"), analysis.table(cs)) for name, cs in cells.items()
-             if name not in (main_name, spec.ablation)]
-    verdicts = [f"- **{c['a']} vs {c['b']}** ({c['question']}): {c['mean_diff']:+.2f} points, {c['verdict']}."
-                for c in cmps]
-    majority = rows[0]["majority"]
-    above = [r for r in rows if r["mean"] > majority]
-    best = max(rows, key=lambda r: r["mean"])
-    verdicts.append(f"- Held-out majority rate (always the majority answer): {majority:.2f}%. "
-                    f"{len(above)} of {len(rows)} cells average above it; "
-                    f"the best is {best['label']} at {best['mean']:.2f}%. "
-                    "Where no cell clears it, the comparisons above measure how much each method "
-                    "overfits 600 training rows rather than how much it learns.")
-    sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "ablation_rows": ablation_rows,
+             if name not in (main_name, spec.ablation, spec.recipes)]
+    verdicts = [verdict.comparison_line(c, spec.paper) for c in cmps] + [verdict.learning_line(rows)]
+    claims = verdict.summary(cmps, spec.paper)
+    recipes = recipe_rows(cells[spec.recipes]) if spec.recipes in cells else []
+    sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "claims": claims,
+                "recipes": recipes, "ablation_rows": ablation_rows,
                 "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}
     tracking = main[0].cell.config.tracking_uri

@@ -30,8 +30,8 @@ from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.fingerprints import Fingerprints
 from heft.study.grid import Cell, GridSpec, expand, load_grid
 
-FACTS = ("main", "ablation", "titles", "paper", "comparisons", "curves")
-STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts") + FACTS
+FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves")
+STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone") + FACTS
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ class StudySpec:
     overrides: tuple[str, ...] = ()
     derived: tuple[dict, ...] = ()
     results: str = "docs/results.md"
+    standalone: tuple[str, ...] = ()       # grids the study's overrides do not apply to
     main: str = ""                         # grid of the comparison sections (default: the first)
     ablation: str = ""                     # grid of the sensitivity section (optional)
+    recipes: str = ""                      # grid of the recipe search (section 0, optional)
     titles: dict = field(default_factory=dict)       # grid name -> section title
     paper: dict = field(default_factory=dict)        # cell label -> the paper's accuracy (%)
     comparisons: tuple = ()                # (a, b, question) rows of the paired table
@@ -62,7 +64,10 @@ class StudySpec:
                 raise ConfigError(f"study {self.name!r}: derived entry {d!r} lacks {sorted(missing)}")
 
     def grid_specs(self, extra: list[str] = ()) -> list[GridSpec]:
-        return [load_grid(g, list(self.overrides) + list(extra)) for g in self.grids]
+        """Each grid with the study's overrides, except those listed in ``standalone`` (the
+        recipe search runs at its own scale; only ``extra``, e.g. a store, applies to it)."""
+        return [load_grid(g, (list(extra) if g in self.standalone else list(self.overrides) + list(extra)))
+                for g in self.grids]
 
 
 def load_study(path: str) -> StudySpec:
@@ -81,7 +86,9 @@ def load_study(path: str) -> StudySpec:
                      overrides=tuple(values.get("overrides") or ()),
                      derived=tuple(values.get("derived") or ()),
                      results=str(values.get("results") or "docs/results.md"),
+                     standalone=tuple(values.get("standalone") or ()),
                      main=str(values.get("main") or ""), ablation=str(values.get("ablation") or ""),
+                     recipes=str(values.get("recipes") or ""),
                      titles=dict(values.get("titles") or {}), paper=dict(values.get("paper") or {}),
                      comparisons=tuple(tuple(c) for c in values.get("comparisons") or ()),
                      curves=tuple(values.get("curves") or ()))

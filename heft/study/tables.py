@@ -6,8 +6,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from heft.plan import FINAL_EVAL
-from heft.stats import mcnemar, paired_seeds
+from heft.plan import FINAL_EVAL, TRAINS
+from heft.stats import mcnemar, paired_seeds, wilson_interval
 from heft.store.artifacts import Artifact
 from heft.study.diagnostics import flips, spectrum
 from heft.study.spec import CellData
@@ -41,7 +41,12 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
         acc = [100 * c.accuracy for c in cs]
         first = cs[0]
         final = first.artifacts["eval:" + _final(first)].metrics
+        correct = sum(round(c.accuracy * c.artifacts["eval:" + _final(c)].metrics["n"]) for c in cs)
+        low, high = wilson_interval(correct, sum(c.artifacts["eval:" + _final(c)].metrics["n"] for c in cs))
         rows.append({"label": label, "method": first.cell.method, "epochs": dict(first.cell.epochs),
+                     "ci95_low": 100 * low, "ci95_high": 100 * high,  # pooled over the seeds' predictions
+                     "valid": statistics.fmean(validation(c) for c in cs) if all(validation(c) is not None
+                                                                                   for c in cs) else None,
                      "seeds": [c.cell.seed for c in cs], "acc": acc, "mean": statistics.fmean(acc),
                      "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "train_s": statistics.fmean(train_seconds(c) for c in cs),
@@ -53,6 +58,13 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
 
 def _final(c: CellData) -> str:
     return FINAL_EVAL[c.cell.method]
+
+
+def validation(c: CellData) -> float | None:
+    """Validation accuracy (%) of the cell's final model: its last training stage's last epoch."""
+    trained = TRAINS[c.cell.method]
+    valid = c.artifacts[trained[-1]].metrics.get("final_valid_accuracy") if trained else None
+    return 100 * valid if valid is not None else None
 
 
 def compare(a: list[CellData], b: list[CellData]) -> dict:
