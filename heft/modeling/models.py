@@ -21,6 +21,7 @@ from heft.modeling.loreft import check_right_padded
 from heft.modeling.names import resolve_name
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "falcon")
 HEAD_MODULES = ("classifier", "score")  # the seq-cls heads of HF models (trained, never LoRA-adapted)
 
 
@@ -50,7 +51,10 @@ def family_of(cfg: ModelConfig, hf_config=None) -> str:
         return cfg.family
     hf_config = hf_config or auto_config(cfg.name, cfg.gguf_file)
     archs = hf_config.architectures or []
-    return "causal-lm" if any(a.endswith("ForCausalLM") for a in archs) else "seq-cls"
+    if archs:
+        return "causal-lm" if any(a.endswith("ForCausalLM") for a in archs) else "seq-cls"
+    # no architectures recorded (a config read from a GGUF file): decoder-only model types
+    return "causal-lm" if hf_config.model_type in DECODERS else "seq-cls"
 
 
 def depth_of(hf_config) -> int:
