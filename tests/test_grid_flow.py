@@ -18,10 +18,11 @@ def base(stories, keyword_data, tmp_path_factory):
                  f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
-def run(base, grid, *extra, root="art"):
+def run(base, grid, *extra, root="art", register=None):
     tmp, overrides = base
     spec = load_grid(grid, overrides + [f"artifact_root={tmp}/{root}", *extra])
-    return heft_grid(spec=spec, report_dir=str(tmp / f"report-{spec.name}-{len(list(tmp.iterdir()))}"))
+    return heft_grid(spec=spec, report_dir=str(tmp / f"report-{spec.name}-{len(list(tmp.iterdir()))}"),
+                     register=register)
 
 
 def states(cell):
@@ -103,8 +104,17 @@ def test_epoch_grid_continues_lora_from_checkpoints(harness, base):
 
 
 def test_orderings_with_seeds_share_stages_and_report_spread(harness, base):
-    out = run(base, "deployments/grids/orderings.yaml", "seeds=[0, 1]", root="ord")
+    out = run(base, "deployments/grids/orderings.yaml", "seeds=[0, 1]", root="ord", register="heft-orderings")
     cells = {(c["label"], c["seed"]): c for c in out["cells"]}
+    # the registered model is the cell with the best validation accuracy (the first of equals)
+    from mlflow import MlflowClient
+    client = MlflowClient(base[1][-1].removeprefix("tracking_uri="))
+    champion = client.get_model_version_by_alias("heft-orderings", "champion")
+    scored = [c for c in out["cells"] if c["valid_accuracy"] is not None]
+    best = max(scored, key=lambda c: c["valid_accuracy"])
+    assert champion.tags["heft.cell"] == best["label"] and int(champion.tags["heft.seed"]) == best["seed"]
+    assert float(champion.tags["valid_accuracy"]) == max(c["valid_accuracy"] for c in scored)
+    assert "base" not in {champion.tags["heft.cell"]}  # an untrained cell has no validation accuracy
     assert ran(cells[("HEFT", 0)]) == ["reft", "evaluate"]            # LoRA/merge from "LoRA only"
     assert ran(cells[("ReFT->LoRA", 0)]) == ["lora", "evaluate"]      # ReFT from "ReFT only"
     assert states(cells[("LoRA only", 1)])[0] == ("data", "Cached")   # a new seed retrains
