@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STUDY ?= deployments/study/minilm.yaml
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-.PHONY: venv test-venv demo grid results test test-slow lint clean up down status deploy run-deployment
+.PHONY: venv test-venv demo grid results test test-slow lint gpu-check mutations clean up down status deploy run-deployment
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.test-installed
 
@@ -60,6 +60,16 @@ test: test-venv lint
 test-slow: test-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m slow
+
+# On a lent GPU machine (its own image's python3; see bench/gpu_check.py): -m gpu tests,
+# LoRA-stage MFU on a 1.1B Llama, SmolLM2 HEFT / LoRA-only / ReFT-only in bf16.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py
+
+# Deliberate bugs, one at a time in a scratch copy: every one must fail a default-tier test.
+mutations: test-venv
+	$(PY) tools/mutations.py
 
 # style: pyflakes, pycodestyle, 110-character lines, no assigned lambdas (pyproject [tool.ruff])
 lint: test-venv
