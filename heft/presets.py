@@ -20,6 +20,22 @@ DEFAULT_PRESET = "deployments/minilm-boolq.yaml"  # the embedded offline default
 FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
+class Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false.  PyYAML's 1.1 rules read off/on/no/yes
+    as booleans, so ``model.autocast=off`` arrived as False and a country code 'no' as a bool."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def merge_values(base: dict, extra: dict) -> dict:
     """Nested dicts: ``extra`` wins, mappings merge key by key."""
     out = dict(base)
@@ -42,7 +58,7 @@ def nested(dotted: dict[str, Any]) -> dict:
 
 def read_preset(path: str | Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"preset {str(path)!r} does not exist") from None
     except yaml.YAMLError as e:
@@ -60,7 +76,7 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
         key, raw = item.split("=", 1)
-        flat[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        flat[key.strip()] = load_yaml(raw) if raw != "" else ""
     return nested(flat)
 
 
