@@ -1,11 +1,14 @@
 """What the training benchmarks share: a fresh artifact root with the data and base
-stages built, the tokenized train split, and the ratio summary of alternating runs."""
+stages built, the tokenized train split, the ratio summary of alternating runs, peak-RSS
+sampling and the FLOPs per trained token of a frozen base with small adapters."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,3 +51,40 @@ def prepare(preset: str, overrides: list[str]) -> Setup:
 def ratios(num: list[float], den: list[float]) -> tuple[float, float]:
     """(median of the paired ratios num/den, ratio of the minima) of alternating runs."""
     return statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """``with PeakRSS() as rss: ...; rss.peak_mb``: this process's peak resident memory while
+    the block runs, sampled every 20 ms on a thread (ru_maxrss cannot be reset, and the set-up
+    before the block may already have peaked above the work inside it)."""
+
+    def __enter__(self):
+        self.peak_mb, self._done = rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(0.02):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+
+def adapter_flops_per_token(n_matmul: float, tokens: float, layers: int, d: int,
+                            backward_share: float = 1.0) -> float:
+    """Training FLOPs per token with the base frozen, N = ``n_matmul`` parameters of the blocks'
+    matmuls, n = ``tokens`` per row, L blocks, d the hidden size:
+      forward 2N + 4nLd (the matmuls, then attention scores and values);
+      backward 2N + 8nLd, activation gradients only (frozen weights get no weight gradient;
+      a LoRA adapter's own are r/d of one and ignored), times ``backward_share``: the part of
+      the depth the gradient flows through (ReFT at layer k stops at k: (L-1-k)/L).
+    With the whole backward: 4N + 12nLd."""
+    return 2 * n_matmul + 4 * tokens * layers * d + backward_share * (2 * n_matmul + 8 * tokens * layers * d)

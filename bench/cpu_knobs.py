@@ -20,14 +20,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import prepare  # noqa: E402
+from common import PeakRSS, prepare, rss_mb  # noqa: E402
 from lora_overhead import bare_epoch  # noqa: E402
 
 PRESET = "deployments/minilm-boolq.yaml"
@@ -37,26 +36,13 @@ def setup(rows: int, *extra: str):
     return prepare(PRESET, [f"data.max_train={rows}", *extra])
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(rows: int, checkpointing: bool) -> None:
-    """One epoch; RSS sampled every 20 ms on a thread: ru_maxrss cannot be reset, and the
-    set-up (imports, tokenizer, data) may already have peaked above the training itself."""
+    """One epoch, its peak RSS sampled while it runs (bench/common.py PeakRSS)."""
     s = setup(rows, f"lora.gradient_checkpointing={str(checkpointing).lower()}")
-    before, peak, done = rss_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], rss_mb())
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    seconds = bare_epoch(s.inputs, s.tok, s.enc, s.cfg.lora)
-    done.set()
-    thread.join()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak[0], "before_mb": before}))
+    before = rss_mb()
+    with PeakRSS() as rss:
+        seconds = bare_epoch(s.inputs, s.tok, s.enc, s.cfg.lora)
+    print(json.dumps({"seconds": seconds, "peak_mb": rss.peak_mb, "before_mb": before}))
 
 
 def main() -> None:

@@ -26,15 +26,14 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from common import PeakRSS, adapter_flops_per_token  # noqa: E402
 from heft.modeling import models  # noqa: E402
 from heft.pipeline import run_pipeline  # noqa: E402
 from heft.presets import load_run_config  # noqa: E402
@@ -57,34 +56,11 @@ def matmul_peak(dtype: torch.dtype, autocast: bool = False, n: int = 2048, reps:
     return 2 * n ** 3 / best / 1e9
 
 
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
-
-    def __enter__(self):
-        self.peak, self.done = psutil.Process().memory_info().rss, False
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        proc = psutil.Process()
-        while not self.done:
-            self.peak = max(self.peak, proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.done = True
-        self.thread.join()
-
-
 def flops_per_token(hf_config, tokens_per_row: float, stage: str, layer: int) -> float:
     d, depth = hf_config.hidden_size, hf_config.num_hidden_layers
     matmul = (4 * d * d + 2 * d * hf_config.intermediate_size) * depth  # N
-    forward = 2 * matmul + 4 * tokens_per_row * depth * d
-    backward = 2 * matmul + 8 * tokens_per_row * depth * d
-    if stage == "reft":
-        backward *= (depth - 1 - layer) / depth
-    return forward + backward
+    share = (depth - 1 - layer) / depth if stage == "reft" else 1.0
+    return adapter_flops_per_token(matmul, tokens_per_row, depth, d, backward_share=share)
 
 
 def one_run(precision: str, rows: int, eval_rows: int, work: Path) -> dict:
@@ -100,7 +76,7 @@ def one_run(precision: str, rows: int, eval_rows: int, work: Path) -> dict:
     tok = inputs.tokenizer()
     lengths = [len(x) for x in inputs.encoded("train", tok).input_ids]
     hf = models.auto_config(cfg.model.name)
-    result = {"precision": precision, "peak_rss_mb": rss.peak / 2**20, "loss_curve": curve}
+    result = {"precision": precision, "peak_rss_mb": rss.peak_mb, "loss_curve": curve}
     for stage in ("lora", "reft"):
         hist = json.loads((store.local_path(out[stage]) / "history.json").read_text())[0]
         steps = -(-len(lengths) // getattr(cfg, stage).batch_size)

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from heft.data.batching import Encoded  # noqa: E402
 from heft.config import LoraConfig  # noqa: E402
 from heft.modeling.training import train  # noqa: E402
+from common import adapter_flops_per_token  # noqa: E402
 
 SIZES = {  # LlamaConfig fields
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -100,7 +101,7 @@ def main() -> None:
     seconds = history[-1]["epoch_seconds"]
     tokens_per_s = rows * args.seq / seconds
     d, n_layers, L = mcfg.hidden_size, mcfg.num_hidden_layers, args.seq
-    flops_token = 4 * n_matmul + 12 * n_layers * L * d
+    flops_token = adapter_flops_per_token(n_matmul, L, n_layers, d)  # 4N + 12nLd
     achieved = tokens_per_s * flops_token / 1e12
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
