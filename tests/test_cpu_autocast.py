@@ -26,9 +26,9 @@ def dtypes(path) -> set[str]:
 
 @pytest.mark.parametrize("bad", ["fp16", "bf16", "AUTO", ""])
 def test_a_bad_value_is_refused_with_the_option_named(bad):
-    with pytest.raises(ValueError, match=r"model\.autocast") as err:
+    with pytest.raises(ValueError) as err:
         load_run_config(None, [f"model.autocast={bad}"])
-    assert repr(bad) in str(err.value) or bad in str(err.value)
+    assert str(err.value).startswith(f"model.autocast={bad!r}: one of ")  # the option and the value
 
 
 def simulate_cpu(monkeypatch, tmp_path, has_bf16: bool):

@@ -40,13 +40,14 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
     for label, cs in by_label(cells).items():
         acc = [100 * c.accuracy for c in cs]
         first = cs[0]
-        final = first.artifacts["eval:" + _final(first)].metrics
-        correct = sum(round(c.accuracy * c.artifacts["eval:" + _final(c)].metrics["n"]) for c in cs)
-        low, high = wilson_interval(correct, sum(c.artifacts["eval:" + _final(c)].metrics["n"] for c in cs))
+        finals = [c.artifacts["eval:" + _final(c)].metrics for c in cs]
+        final = finals[0]
+        correct = sum(round(c.accuracy * m["n"]) for c, m in zip(cs, finals))
+        low, high = wilson_interval(correct, sum(m["n"] for m in finals))
+        valids = [validation(c) for c in cs]
         rows.append({"label": label, "method": first.cell.method, "epochs": dict(first.cell.epochs),
                      "ci95_low": 100 * low, "ci95_high": 100 * high,  # pooled over the seeds' predictions
-                     "valid": statistics.fmean(validation(c) for c in cs) if all(validation(c) is not None
-                                                                                   for c in cs) else None,
+                     "valid": statistics.fmean(valids) if None not in valids else None,
                      "seeds": [c.cell.seed for c in cs], "acc": acc, "mean": statistics.fmean(acc),
                      "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "train_s": statistics.fmean(train_seconds(c) for c in cs),
