@@ -111,6 +111,12 @@ def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
     scaled = {c.label: c.epochs for c in small["study-comparison"]}
     assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 5, "reft": 5}
     assert scaled["LoRA-only 6 (HEFT 3+3's epochs)"] == {"lora": 2}
-    assert {c.config.data.max_train for cs in small.values() for c in cs} == {600}
+    # the study's scale (2,000 training rows) everywhere but the standalone recipe search (all rows)
+    assert {c.config.data.max_train for name, cs in small.items() if name != "study-recipes"
+            for c in cs} == {2000}
+    assert {c.config.data.max_train for c in small["study-recipes"]} == {0}
     question = small["study-question-only"][0].config
-    assert question.data.format == "question" and question.data.source == "../shared/data/boolq"
+    assert question.data.format == "question"  # all 9,427 train questions, the dev split held out
+    boolq = "../shared/data/boolq/"
+    assert (question.data.source, question.data.eval_source) == (boolq + "train_no_passage.jsonl",
+                                                               boolq + "validation.jsonl")
