@@ -3,6 +3,8 @@ with its own Prefect server and MLflow store): every artifact is built once (the
 build lock), both grids see the same artifacts, and their results are identical."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -34,6 +36,7 @@ result = heft_grid(grid="deployments/grids/reft-layers.yaml", overrides=override
 """
 
 
+@pytest.mark.slow  # slow tier: 46 s; one build per key across hosts stays in test_lease_lock
 def test_two_simultaneous_grids_build_each_artifact_once(stories, keyword_data, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()

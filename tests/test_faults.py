@@ -131,6 +131,7 @@ def run_injections(reference, keyword_data, tmp_path, stages, fractions) -> list
     return rows
 
 
+@pytest.mark.slow  # 62 s; the 25-kill variant is slow too; epoch resume stays in test_checkpoints
 def test_kill9_in_training_stages_then_rerun(reference, keyword_data, tmp_path):
     """Kills pinned to progress events, not to time (a loaded machine would shift them):
     in LoRA's epoch 3 (its epoch-2 checkpoint is written before EPOCH 2 is printed), in

@@ -115,6 +115,7 @@ class FlakyS3:
         self.server.shutdown()
 
 
+@pytest.mark.slow  # slow tier: 47 s of real backoff waits
 def test_transient_s3_errors_are_retried_with_backoff(s3, stories, keyword_data, monkeypatch, tmp_path):
     """S3 requests fail with a 500 (every 2nd, then every 5th).  With one attempt the run
     fails; with heft's default retry mode it completes and its artifacts pass the full
