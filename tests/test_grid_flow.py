@@ -127,6 +127,7 @@ def test_orderings_with_seeds_share_stages_and_report_spread(harness, base):
     assert rows["base"]["mean"] < 0.7
 
 
+@pytest.mark.slow  # slow tier: 26 s; the study's paper rows stay in test_study
 def test_paper_preset_report_has_its_four_rows(harness, base):
     out = run(base, "deployments/grids/paper.yaml", "epoch_scale=0.15", root="paper")
     assert [r["label"] for r in out["rows"]] == ["HEFT 3+3", "HEFT 20+20", "LoRA-only 20", "ReFT-only 20"]

@@ -176,6 +176,7 @@ def stage_runs_by_key(stack, parents: list[str]) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # slow tier: 105 s; the Dask fan-out on this stack stays in the default tier
 def test_grid_fans_out_to_the_work_pool_and_a_failed_cell_fails_it(deployed, tmp_path):
     env = deployed["env"]
     sh([str(BIN / "prefect"), "work-pool", "set-concurrency-limit", "heft-local", "2"], env, timeout=60)
