@@ -113,3 +113,80 @@ def test_a_damaged_meta_json_or_header_is_set_aside_and_rebuilt(first, damage, c
     assert again["eval:merged"].metrics["accuracy"] == out["eval:merged"].metrics["accuracy"]
     assert json.loads(meta.read_text())["key"] == out["lora"].key  # a complete record again
     assert any(p.name.startswith(f"lora-{out['lora'].key}") for p in (root / ".trash").iterdir())
+
+
+# every artifact kind and its downstream: dropped so that a rerun must read the damaged one
+EVERYTHING = ("lora", "merge", "reft", "evaluate", "checkpoints")
+DOWNSTREAM = {"data": EVERYTHING, "base": EVERYTHING, "lora": ("merge", "reft", "evaluate"),
+              "merge": ("reft", "evaluate"), "reft": ("evaluate",), "evaluate": ()}
+
+
+def injection_targets(root: Path) -> list[tuple[str, Path]]:
+    """(kind, file) for every file of every artifact and checkpoint epoch except meta.json."""
+    out = []
+    for meta in sorted(root.glob("*/*/meta.json")) + sorted(root.glob("checkpoints/*/*/epoch-*/meta.json")):
+        kind = "checkpoint:" + meta.parts[-4] if "checkpoints" in meta.parts else meta.parts[-3]
+        out += [(kind, meta.parent / rel) for rel in json.loads(meta.read_text())["files"]]
+    return out
+
+
+def differs(art, ref) -> bool:
+    """Not what the uninterrupted run gave: another evaluation result, or other trained tensors
+    (training is bit-reproducible on the CPU; the timings in a stage's metrics are not)."""
+    if art.stage == "evaluate":
+        return art.metrics != ref.metrics
+    tensors = {rel: f["sha256"] for rel, f in ref.meta["files"].items() if rel.endswith(".safetensors")}
+    return {rel: art.meta["files"].get(rel, {}).get("sha256") for rel in tensors} != tensors
+
+
+@pytest.mark.slow  # one pipeline rerun per file of the store: ~5 min
+def test_same_size_corruption_of_every_file_is_never_served(tiny_config, tmp_path):
+    """Fault injection: 4 bytes flipped in place (same size) at a seeded offset in every file
+    of every artifact kind and of every checkpoint epoch, one at a time in a copy of a
+    finished store. What reads it next (the rerun's stages, then a consumer opening every
+    artifact it returned, as heft.load and the study do) must find the damage, and what comes
+    back is the reference: the same metrics, every returned file matching its sha256."""
+    import random
+    from heft.store.damage import DamagedArtifact
+    cfg = tiny_config(tmp_path / "ref", lora=LoraConfig(epochs=2, lr=1e-2))
+    reference = run_pipeline(cfg)
+    rng, rows = random.Random(0), []
+    for i, (kind, path) in enumerate(injection_targets(tmp_path / "ref")):
+        root = tmp_path / f"inject{i}"
+        shutil.copytree(tmp_path / "ref", root)
+        target = root / path.relative_to(tmp_path / "ref")
+        if target.stat().st_size < 4:
+            continue
+        flip(target, offset=rng.randrange(target.stat().st_size - 3))
+        stage = kind.split(":")[-1]
+        for gone in DOWNSTREAM[stage] + ((stage,) if kind.startswith("checkpoint:") else ()):
+            shutil.rmtree(root / gone, ignore_errors=True)
+        if kind.startswith("checkpoint:"):  # the damaged epoch is the latest: the one a resume reads
+            epoch = target.parent if target.parent.name.startswith("epoch-") else target.parents[1]
+            for later in epoch.parent.glob("epoch-*"):
+                if later.name > epoch.name:
+                    shutil.rmtree(later)
+        here = dataclasses.replace(cfg, artifact_root=str(root))
+        got, reruns = run_pipeline(here), 0
+        store = ArtifactStore(str(root))
+        while True:  # a consumer opens every returned artifact before reading it
+            try:
+                for art in got.values():
+                    store.open(art)
+                break
+            except DamagedArtifact:
+                reruns += 1
+                assert reruns <= 2, f"{kind} {target.name}: still damaged after a rebuild"
+                got = run_pipeline(here)
+        trashed = [t for t in root.rglob(".trash/*")]  # set aside: beside the root or a checkpoint folder
+        served = [n for n, art in got.items() if store.verify(art) is not None or differs(art, reference[n])]
+        rows.append({"kind": kind, "file": target.name, "detected": bool(trashed), "served_corrupt": served})
+    print("\ninjections by kind (detected / injected, corrupt results served):")
+    for kind in sorted({r["kind"] for r in rows}):
+        mine = [r for r in rows if r["kind"] == kind]
+        print(f"  {kind}: {sum(r['detected'] for r in mine)}/{len(mine)}, "
+              f"{sum(bool(r['served_corrupt']) for r in mine)}")
+    assert {r["kind"] for r in rows} >= {"data", "lora", "merge", "reft", "evaluate", "checkpoint:lora",
+                                         "checkpoint:reft"}
+    assert [r for r in rows if r["served_corrupt"]] == []
+    assert all(r["detected"] for r in rows), [r for r in rows if not r["detected"]]

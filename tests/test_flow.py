@@ -103,3 +103,39 @@ def test_prefect_yaml_declares_boolq_deployment_of_flow_heft():
     assert load_flow_from_entrypoint(boolq["entrypoint"]).name == "heft"
     cfg = load_run_config(boolq["parameters"]["preset"])
     assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2" and cfg.mode == "heft"
+
+
+def test_every_logged_metric_is_one_vocabulary_name_of_its_level(runs, cfg):
+    """What MLflow actually holds after the runs, level by level: each metric a name of
+    heft/tracking/vocabulary.py for that level; no name at two levels except valid_accuracy,
+    which means the same number at both (the final training stage's last epoch)."""
+    from mlflow import MlflowClient
+    from heft.tracking.vocabulary import all_names
+    first, _, _ = runs
+    levels = all_names()
+
+    def heft_names(metrics):  # MLflow's own system metrics live under system/
+        return {k for k in metrics if not k.startswith("system/")}
+    shared = [n for a in levels for b in levels if a < b for n in set(levels[a]) & set(levels[b])]
+    assert shared == ["valid_accuracy"], shared  # pipeline and training only
+    level_of = {"lora": "training", "reft": "training", "data": "other stages", "merge": "other stages",
+                "base": "other stages"}
+    client = MlflowClient(cfg.tracking_uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
+    logged = {"pipeline": heft_names(parent.data.metrics)}
+    for child in children:
+        name = child.info.run_name
+        level = "evaluation" if name.startswith("evaluate:") else level_of[name]
+        extra = heft_names(child.data.metrics) - set(levels[level])
+        assert not extra, (name, extra)
+        logged.setdefault(level, set()).update(heft_names(child.data.metrics))
+    assert not heft_names(parent.data.metrics) - set(levels["pipeline"]), set(parent.data.metrics)
+    seen = set().union(*logged.values())
+    assert {"heldout_accuracy", "eval_accuracy", "train_loss", "valid_accuracy"} <= seen
+    reft = next(c for c in children if c.info.run_name == "reft")
+    last_epoch = client.get_metric_history(reft.info.run_id, "valid_accuracy")[-1].value
+    assert parent.data.metrics["valid_accuracy"] == last_epoch
+    heft_eval = next(c for c in children if c.info.run_name == "evaluate:heft")
+    assert parent.data.metrics["heldout_accuracy"] == heft_eval.data.metrics["eval_accuracy"]

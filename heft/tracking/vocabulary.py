@@ -20,6 +20,7 @@ PIPELINE = {
 TRAINING = {  # lora and reft stage runs; the step axis is optimizer steps
     "train_loss": "training loss of one optimizer step (every N steps)",
     "learning_rate": "learning rate at that step",
+    "epoch": "epochs completed at that step (the x axis for the per-epoch metrics)",
     "epoch_train_loss": "mean training loss over an epoch",
     "valid_accuracy": "validation accuracy after an epoch",
     "epoch_seconds": "wall seconds of an epoch's training steps",
