@@ -1,6 +1,6 @@
 """Benchmark: CPU bf16 autocast against float32 on the embedded default (MiniLM), side by side.
 
-    TQDM_DISABLE=1 .venv/bin/python bench/cpu_precision.py                   # 160 train rows, ~30 min here
+    TQDM_DISABLE=1 .venv/bin/python bench/cpu_precision.py --reps 3          # 160 train rows, ~12 min here
     TQDM_DISABLE=1 .venv/bin/python bench/cpu_precision.py --rows 480 --eval 600 --reps 2
 
 1. Matmul peak of this machine: a 2048x2048 @ 2048x2048 matmul (2 n^3 FLOPs), best of 10, in

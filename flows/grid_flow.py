@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.grid_engines import check_engine, grid_steps, task_runner, threads_per_worker
 from heft.config import ConfigError, flat_params
@@ -30,6 +30,7 @@ from heft.study.grid import Cell, GridSpec, expand, load_grid
 from heft.study.grid_plan import GridPlan
 from heft.study.grid_report import CellResult, write_report
 from heft.tracking import Tracker, experiment_id, stage_params
+from heft.tracking.client import compare_url, ui_url
 from heft.validate import validate
 from tasks.models import register_task
 from tasks.pipeline_run import PipelineRun
@@ -202,18 +203,32 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
         grid_run.log_metrics({"wall_seconds": seconds, "cells": len(cells),
                               "steps_built": sum(r.ran for r in results),
                               "steps_reused": sum(r.cached for r in results), **best["metrics"]})
-        grid_run.set_tags({"mlflow.note.content": report["markdown"], "heft.best_cell": best["label"]})
+        links = grid_links(grid_run, [run["mlflow_run_id"] for run in runs if run["mlflow_run_id"]])
+        note = report["markdown"] + "\n\n" + " · ".join(f"[{text}]({url})" for text, url in links.items())
+        grid_run.set_tags({"mlflow.note.content": note, "heft.best_cell": best["label"]})
         grid_run.log_files(list(report["files"].values()), artifact_path="report")
         if register:
             registered = register_best(register, cells, results, runs, first.tracking_uri, spec.name)
             what = f"{register} v{registered['version']}: {registered['cell']}"
             grid_run.set_tags({"heft.registered": what})
-    create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower()),
-                             description=f"heft grid {spec.name}", markdown=report["markdown"])
+    key = re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower())
+    create_markdown_artifact(key=key, description=f"heft grid {spec.name}", markdown=note)
+    for (text, url), kind in zip(links.items(), ("mlflow", "mlflow-compare")):
+        create_link_artifact(url, link_text=text, key=f"{kind}-{key}",
+                             description=f"{text} of grid {spec.name}")
     print(report["markdown"])
+    print("\n".join(f"{text}: {url}" for text, url in links.items()))
     return {"rows": report["rows"], "seconds": seconds, "report_dir": str(folder),
             "mlflow_run_id": grid_run.run_id, "best": best,
             "cells": [dict(vars(r), stages=run["stages"]) for r, run in zip(results, runs)]}
+
+
+def grid_links(grid_run: Tracker, cell_run_ids: list[str]) -> dict[str, str]:
+    """MLflow pages of a grid: its run (the report, the best cell) and the compare view of its
+    cells (the params that differ, heldout_accuracy plotted against them)."""
+    uri, exp = grid_run.uri, grid_run.experiment_id
+    return {"MLflow grid run": ui_url(uri, exp, grid_run.run_id),
+            "MLflow compare view of the cells": compare_url(uri, exp, cell_run_ids)}
 
 
 if __name__ == "__main__":

@@ -2,20 +2,20 @@
 
 Opened before its steps run and closed after them, from the flow process: params = the run
 config (artifact root normalised), tags = code version, mode, model and the Prefect flow run,
-the dataset input (digest = the data key), system metrics while it runs, then the results
+the dataset input (digest = the data key), then the results
 under the vocabulary's names (heft/tracking/vocabulary.py) and the model: the final
 evaluation, tagged, and logged as an MLflow model unless an earlier run logged it.
 The flows ``heft`` and ``heft-grid`` both use it, so a cell reads like a run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from heft.config import flat_params
 from heft.plan import FINAL_EVAL, TRAINS, Plan, trained_epochs
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.tracking import Tracker, find_logged_model
-from heft.tracking.context import dataset_input, source_tags, system_monitor
+from heft.tracking.context import dataset_input, source_tags
 from heft.tracking.client import client, soft
 from heft.tracking.vocabulary import pipeline_metrics
 from tasks.models import log_model_task
@@ -26,7 +26,6 @@ class PipelineRun:
     run: Tracker
     planned: Plan
     store: ArtifactStore
-    monitor: object = field(default=None, repr=False)
 
     @classmethod
     def start(cls, planned: Plan, store: ArtifactStore, parent: Tracker | None, run_name: str,
@@ -37,11 +36,9 @@ class PipelineRun:
                     **flow_run_tags(), **tags}
         run = Tracker.start(cfg.tracking_uri, cfg.experiment, run_name=run_name, params=params, parent=parent,
                             tags=all_tags)
-        return cls(run, planned, store, system_monitor(run.run_id, run.uri))
+        return cls(run, planned, store)
 
     def close(self, status: str) -> None:
-        if self.monitor is not None:
-            self.monitor.finish()  # before the run closes: the sampler stops at a closed run
         self.run.finish(status)
 
     def __enter__(self) -> "PipelineRun":

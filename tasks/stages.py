@@ -21,6 +21,9 @@ from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.fs import normalize_root
 from heft.store.keys import digest
 from heft.tracking import Tracker, stage_params
+from heft.tracking.context import system_monitor
+
+MONITORED = ("lora", "merge", "reft", "evaluate")
 
 
 def step_cache_key(context, parameters: dict) -> str:
@@ -41,7 +44,14 @@ def _build(step: Step, parent: Artifact | None, root: str, run: Tracker | None, 
     from prefect.runtime import task_run
     provenance = {"prefect_task_run_id": str(task_run.id), "mlflow_run_id": run.run_id if run else None}
     progress = prefect_progress(step, run.progress() if run and live else Progress())
-    art = run_step(step, parent, ArtifactStore(root), progress, provenance)
+    # system metrics are sampled here, in the process that does the work (a Dask worker's
+    # host, not the flow's), and only for stages that load a model
+    monitor = system_monitor(run.run_id, run.uri) if run and step.stage in MONITORED else None
+    try:
+        art = run_step(step, parent, ArtifactStore(root), progress, provenance)
+    finally:
+        if monitor is not None:
+            monitor.finish()  # before the run closes: the sampler stops at a closed run
     get_run_logger().info("%s artifact %s at %s", step.label, art.key, art.uri)
     return art
 

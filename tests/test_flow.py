@@ -138,3 +138,9 @@ def test_every_logged_metric_is_one_vocabulary_name_of_its_level(runs, cfg):
     assert parent.data.metrics["valid_accuracy"] == last_epoch
     heft_eval = next(c for c in children if c.info.run_name == "evaluate:heft")
     assert parent.data.metrics["heldout_accuracy"] == heft_eval.data.metrics["eval_accuracy"]
+    # system metrics are sampled where the work runs, on the runs of the stages that load a
+    # model; the pipeline run has none, so heldout_accuracy is the first metric a cell shares
+    # (the one MLflow's compare view plots by default)
+    assert heft_names(parent.data.metrics) == set(parent.data.metrics)
+    lora = next(c for c in children if c.info.run_name == "lora")
+    assert "system/cpu_utilization_percentage" in lora.data.metrics, sorted(lora.data.metrics)

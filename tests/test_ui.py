@@ -69,13 +69,15 @@ def servers(tmp_path_factory, tiny_llama, keyword_data):
                 "axes={reft.layer: [0, 1, 2]}", f"artifact_root={tmp}/art", f"tracking_uri={db}"]
         run = subprocess.run(grid, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        links = dict(line.split(": ", 1) for line in run.stdout.splitlines() if line.startswith("MLflow "))
         # the MLflow store is created by the grid; the server reads it afterwards
         mlflow = [str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
                   "--port", str(mp), "--workers", "1"]
         procs.append(subprocess.Popen(mlflow, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
         wait_http(f"http://127.0.0.1:{mp}/health", procs[1])
-        yield {"tmp": tmp, "prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}", "db": db}
+        yield {"tmp": tmp, "prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}", "db": db,
+               "links": links}
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
@@ -100,7 +102,9 @@ def mlflow_runs(servers) -> tuple[str, dict, list]:
     return exp.experiment_id, grid, cells
 
 
-def page_text(browser, url: str, expect: str, shot: Path) -> str:
+def page_text(browser, url: str, expect: str, shot: Path, plot: list | None = None) -> str:
+    """The page's text once ``expect`` shows; ``plot`` receives the texts of its SVG charts
+    (axis titles), which inner_text does not return."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(url)
     try:
@@ -112,6 +116,8 @@ def page_text(browser, url: str, expect: str, shot: Path) -> str:
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shot), full_page=True)
     text = page.inner_text("body")
+    if plot is not None:
+        plot += page.eval_on_selector_all("svg text", "els => els.map(e => e.textContent)")
     page.close()
     return text
 
@@ -121,17 +127,24 @@ def test_mlflow_grid_page_names_the_best_cell_and_its_accuracy(servers, browser)
     best = grid.data.tags["heft.best_cell"]
     cell = next(c for c in cells if c.data.tags["heft.cell"] == best)
     accuracy = f"{cell.data.metrics['heldout_accuracy']:.2%}"
-    text = page_text(browser, f"{servers['mlflow']}/#/experiments/{exp}/runs/{grid.info.run_id}",
-                     "Best cell by validation accuracy", servers["tmp"] / "mlflow-grid.png")
+    url = servers["links"]["MLflow grid run"]  # the link heft prints and gives Prefect
+    assert url.startswith(f"{servers['mlflow']}/#/experiments/{exp}/runs/{grid.info.run_id}")
+    text = page_text(browser, url, "Best cell by validation accuracy", servers["tmp"] / "mlflow-grid.png")
     assert f"Best cell by validation accuracy: {best}" in text and accuracy in text
+    # MLflow's model-training view (runs, models), not its GenAI one (traces, judges, prompts)
+    assert "Judges" not in text and "Prompts" not in text, text[:600]
 
 
 def test_mlflow_compare_page_shows_the_differing_param_and_the_heldout_metric(servers, browser):
     exp, grid, cells = mlflow_runs(servers)
-    ids = json.dumps([c.info.run_id for c in cells])
-    url = f"{servers['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp])}"
-    text = page_text(browser, url, "reft.layer", servers["tmp"] / "mlflow-compare.png")
+    url = servers["links"]["MLflow compare view of the cells"]
+    assert all(c.info.run_id in url for c in cells)
+    plot: list[str] = []
+    text = page_text(browser, url, "reft.layer", servers["tmp"] / "mlflow-compare.png", plot)
     assert "reft.layer" in text and "heldout_accuracy" in text
+    # the parallel-coordinates plot's axes: the differing param against the held-out accuracy
+    # (MLflow plots the first metric the runs share; a system metric there draws a flat line)
+    assert "reft.layer" in plot and "heldout_accuracy" in plot, plot
     assert {c.data.params["reft.layer"] for c in cells} == {"0", "1", "2"}
 
 

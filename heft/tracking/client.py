@@ -130,11 +130,29 @@ def probe(uri: str) -> None:
             raise ConfigError(f"tracking_uri={uri!r}: no MLflow server answers ({e})") from None
 
 
-def ui_url(uri: str, experiment: str, run_id: str = "") -> str:
-    """The MLflow UI page of an experiment or run: the tracking server's own UI, or for a local
-    store the address ``mlflow ui`` serves by default (HEFT_MLFLOW_UI_URL)."""
+# MLflow 3.x's UI picks its GenAI or model-training view from this URL parameter (or the
+# browser's last choice), not from the experiment's mlflow.experimentKind tag: every address
+# heft hands out carries it, so a link opens on runs, metrics and models, not on traces.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def _ui_base(uri: str) -> str:
+    """The tracking server's own UI, or for a local store the address ``mlflow ui`` serves by
+    default (HEFT_MLFLOW_UI_URL)."""
     import os
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
         os.environ.get("HEFT_MLFLOW_UI_URL", "http://127.0.0.1:5000")
-    page = f"{base}/#/experiments/{experiment}"
-    return (f"{page}/runs/{run_id}" if run_id else page) + "?workflowType=machine_learning"
+
+
+def ui_url(uri: str, experiment: str, run_id: str = "") -> str:
+    """The MLflow UI page of an experiment or run."""
+    page = f"{_ui_base(uri)}/#/experiments/{experiment}"
+    return f"{page}/runs/{run_id}?{TRAINING_VIEW}" if run_id else f"{page}?{TRAINING_VIEW}"
+
+
+def compare_url(uri: str, experiment: str, run_ids: list[str]) -> str:
+    """MLflow's compare page of some runs (a grid's cells): the params that differ, and a
+    parallel-coordinates plot of the first metric the runs share (heldout_accuracy for cells)."""
+    from urllib.parse import quote
+    runs, exps = quote(json.dumps(list(run_ids))), quote(json.dumps([experiment]))
+    return f"{_ui_base(uri)}/#/compare-runs?runs={runs}&experiments={exps}&{TRAINING_VIEW}"

@@ -40,10 +40,14 @@ def dataset_input(data_key: str, source: str, eval_source: str, rows: dict[str, 
 
 def system_monitor(run_id: str, uri: str):
     """MLflow's system-metrics sampler (CPU, memory, disk, network; GPU with pynvml) for a run
-    created through the client; None where it cannot start."""
+    created through the client; None where it cannot start.  One sample every
+    HEFT_SYSTEM_METRICS_SECONDS (10): MLflow publishes a sample only once its interval has
+    passed, so a stage shorter than that records none."""
+    import os
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, samples_before_logging=1,
+        seconds = float(os.environ.get("HEFT_SYSTEM_METRICS_SECONDS", "10"))
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, samples_before_logging=1,
                                        tracking_uri=uri)
         monitor.start()
         return monitor
