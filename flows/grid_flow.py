@@ -31,6 +31,7 @@ from heft.study.grid_plan import GridPlan
 from heft.study.grid_report import CellResult, write_report
 from heft.tracking import Tracker, experiment_id, stage_params
 from heft.tracking.client import compare_url, ui_url
+from heft.tracking.context import source_tags
 from heft.validate import validate
 from tasks.models import register_task
 from tasks.pipeline_run import PipelineRun
@@ -184,8 +185,9 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
               "grid.axes": repr(dict(spec.axes)), "grid.seeds": repr(sorted({c.seed for c in cells})),
               "grid.epoch_scale": spec.epoch_scale, "grid.cells": len(cells), "grid.workers": spec.workers,
               "grid.engine": engine}
+    tags = {"heft.grid": spec.name, "heft.kind": "grid", **source_tags()}
     with Tracker.start(first.tracking_uri, first.experiment, run_name=f"grid: {spec.name}", params=params,
-                       parent=study_run, tags={"heft.grid": spec.name, "heft.kind": "grid"}) as grid_run:
+                       parent=study_run, tags=tags) as grid_run:
         started = time.perf_counter()
         if spec.deployment:
             from flows.grid_fanout import fan_out

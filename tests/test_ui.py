@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,7 +70,8 @@ def servers(tmp_path_factory, tiny_llama, keyword_data):
                 "axes={reft.layer: [0, 1, 2]}", f"artifact_root={tmp}/art", f"tracking_uri={db}"]
         run = subprocess.run(grid, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        links = dict(line.split(": ", 1) for line in run.stdout.splitlines() if line.startswith("MLflow "))
+        # the links heft prints at the end of a grid (through Prefect's log_prints: stderr)
+        links = dict(re.findall(r"(MLflow [a-z ]+): (http\S+)", run.stdout + run.stderr))
         # the MLflow store is created by the grid; the server reads it afterwards
         mlflow = [str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
                   "--port", str(mp), "--workers", "1"]
