@@ -1,5 +1,6 @@
-"""What a pipeline run records about where it came from: the code version, the dataset,
-and the machine's load while it ran (MLflow system metrics)."""
+"""What the MLflow runs record about where they came from: the code version and the dataset
+(pipeline and grid runs), and the machine's load while a stage that loads a model ran (MLflow
+system metrics, on that stage's run)."""
 from __future__ import annotations
 
 import subprocess
