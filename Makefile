@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.heft/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-STUDY ?= deployments/study/minilm.yaml
+STUDY ?= deployments/study/minilm-core.yaml
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 .PHONY: venv test-venv demo grid results test test-slow lint gpu-check mutations clean up down status deploy run-deployment
 venv: $(VENV)/.installed
@@ -44,7 +44,9 @@ grid: venv
 	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/heft grid --grid $(GRID) $(ARGS)
 
-# The study behind docs/results.md (~2 h on 2 cores from an empty cache; minutes when cached).
+# The study behind docs/results.md (deployments/study/minilm-core.yaml: 81 min on 2 idle
+# cores from an empty cache; STUDY=deployments/study/minilm.yaml, the full one, about 2.5 h;
+# minutes when cached).
 # Its own artifact root and MLflow store, so demo runs and tests never mix into it.
 results: venv
 	mkdir -p $(PREFECT_HOME)

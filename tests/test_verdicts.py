@@ -62,3 +62,21 @@ def test_the_learning_sentence_follows_the_intervals():
     nobody = verdicts.learning_line([dict(r, ci95_low=60.0) for r in rows])
     assert "0 of 2 cells" in nobody and "not how much it learns" in nobody
     assert "overfits 600" not in line + nobody  # no sentence written for one study
+
+
+def test_sections_without_a_grid_are_left_out_and_named():
+    """A study without the ablation and other-task grids (deployments/study/minilm-core.yaml):
+    no empty section 4 or 5 and no link to a stale plot; the setup says they are not in it."""
+    from heft.study import document
+    base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
+            "ablation_rows": [], "tasks": [], "spectra": [], "flips": [], "reproduce": []}
+    text = document.render("core", ["- setup"], base)
+    assert "## 4." not in text and "## 5." not in text and "ablation.png" not in text
+    assert "## 6. Intruder dimensions" in text and "## 3. Accuracy vs. epochs" in text
+    assert ("- Not in this study (its spec runs no grid for them): section 0 (the recipe search), "
+            "section 4 (sensitivity: the ablation grid), section 5 (other task formats and tasks).") in text
+    row = {"label": "ReFT rank 2", "mean": 62.0, "std": 0.0, "ci95_low": 60.0, "ci95_high": 64.0,
+           "acc": [62.0], "valid": 65.0, "train_s": 10, "epochs": {"reft": 1}, "majority": 62.17}
+    full = document.render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
+    assert "## 4. Sensitivity" in full and "## 5. Other task formats" in full and "### Questions only" in full
+    assert "section 4" not in full and "section 5" not in full
