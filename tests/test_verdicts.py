@@ -80,3 +80,6 @@ def test_sections_without_a_grid_are_left_out_and_named():
     full = document.render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
     assert "## 4. Sensitivity" in full and "## 5. Other task formats" in full and "### Questions only" in full
     assert "section 4" not in full and "section 5" not in full
+    only_ablation = document.render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
+    assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation
+    assert "section 5 (other task formats and tasks)" in only_ablation and "section 4" not in only_ablation

@@ -195,8 +195,8 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
                 *acc_table(s["ablation_rows"]), "", "![ablation](results/ablation.png)", ""]
     if s["tasks"]:
         out += ["## 5. Other task formats and tasks", ""]
-    for title, rows in s["tasks"]:
-        out += [f"### {title}", "", *acc_table(rows), ""]
+        for title, rows in s["tasks"]:
+            out += [f"### {title}", "", *acc_table(rows), ""]
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",
             "For every LoRA-updated weight W (query and value of every block) and its merged "
             "W' = W + (alpha/r) B A: the top-10 left singular vectors of W' whose largest |cosine| "
