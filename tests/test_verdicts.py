@@ -83,3 +83,23 @@ def test_sections_without_a_grid_are_left_out_and_named():
     only_ablation = document.render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
     assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation
     assert "section 5 (other task formats and tasks)" in only_ablation and "section 4" not in only_ablation
+
+
+def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():
+    """Section 0 names the recipe the other sections ran, read off their config: a study whose
+    preset still runs another recipe must not claim it runs the chosen one."""
+    from heft.study import document
+    new = {"lora.target_modules": ("query", "key", "value", "dense"), "lora.rank": 16, "lora.lr": 5e-4}
+    old = {"lora.target_modules": ("query", "value"), "lora.rank": 8, "lora.lr": 2e-3}
+    row = {"mean": 65.0, "ci95_low": 63.0, "ci95_high": 67.0, "valid_curve": [68.0]}
+    rows = [dict(row, label="all linear r16", recipe=new, chosen=True),
+            dict(row, label="q,v r8", recipe=old, chosen=False, valid_curve=[65.0])]
+    runs_new = document.recipe_use([dict(r, used=r["recipe"] == new) for r in rows], new)
+    assert runs_new.startswith("The sections below run the chosen recipe, all linear r16")
+    assert "lora.target_modules=query,key,value,dense" in runs_new
+    runs_old = document.recipe_use([dict(r, used=r["recipe"] == old) for r in rows], old)
+    assert "do **not** run the chosen recipe: they run the recipe q,v r8" in runs_old
+    assert "lora.rank 8 where the chosen one has 16" in runs_old
+    assert "lora.target_modules" in runs_old and "lora.lr 0.002 where the chosen one has 0.0005" in runs_old
+    table = "\n".join(document.recipe_table([dict(r, used=r["recipe"] == old) for r in rows]))
+    assert "| q,v r8 | 65.00 | 65.00 | 63.00-67.00 |  · run in the sections below |" in table

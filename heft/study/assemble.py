@@ -59,12 +59,26 @@ def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: 
             "with one nested run per grid and per cell. Generated " + time.strftime("%Y-%m-%d") + "."]
 
 
-def recipe_rows(cells: list[CellData]) -> list[dict]:
-    """The recipe search: validation accuracy after each epoch (it chooses), held-out shown."""
+# What a recipe of the search is: the LoRA fields and the pooling its cells vary or fix (epochs,
+# schedule and row counts are the study's scale, not the recipe).
+RECIPE_FIELDS = ("lora.target_modules", "lora.rank", "lora.alpha", "lora.lr", "lora.head_lr",
+                 "lora.dropout", "lora.warmup_ratio", "lora.batch_size", "model.pooling")
+
+
+def recipe_of(cfg) -> dict:
+    return {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in RECIPE_FIELDS}
+
+
+def recipe_rows(cells: list[CellData], used: dict | None = None) -> list[dict]:
+    """The recipe search: validation accuracy after each epoch (it chooses), held-out shown.
+    ``used`` is the recipe the study's other sections ran (recipe_of of their config); each row
+    says whether it is that one, so the document states it instead of assuming it."""
     rows = analysis.table(cells)
     for r, c in zip(rows, [cs[0] for cs in analysis.by_label(cells).values()]):
         r["valid_curve"] = [100 * h["valid_accuracy"] for s in c.cell.epochs for h in c.history(s)
                             if "valid_accuracy" in h]
+        r["recipe"] = recipe_of(c.cell.config)
+        r["used"] = used is not None and r["recipe"] == used
     best = max((r for r in rows if r["valid_curve"]), key=lambda r: max(r["valid_curve"]), default=None)
     for r in rows:
         r["chosen"] = r is best
@@ -98,9 +112,11 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
              if name not in (main_name, spec.ablation, spec.recipes)]
     verdicts = [verdict.comparison_line(c, spec.paper) for c in cmps] + [verdict.learning_line(rows)]
     claims = verdict.summary(cmps, spec.paper)
-    recipes = recipe_rows(cells[spec.recipes]) if spec.recipes in cells else []
+    recipes = recipe_rows(cells[spec.recipes], recipe_of(main[0].cell.config)) \
+        if spec.recipes in cells else []
     sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "claims": claims,
-                "recipes": recipes, "ablation_rows": ablation_rows,
+                "recipes": recipes, "recipe_used": recipe_of(main[0].cell.config),
+                "ablation_rows": ablation_rows,
                 "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}
     tracking = main[0].cell.config.tracking_uri
