@@ -76,9 +76,10 @@ def test_sections_without_a_grid_are_left_out_and_named():
     assert ("- Not in this study (its spec runs no grid for them): section 0 (the recipe search), "
             "section 4 (sensitivity: the ablation grid), section 5 (other task formats and tasks).") in text
     row = {"label": "ReFT rank 2", "mean": 62.0, "std": 0.0, "ci95_low": 60.0, "ci95_high": 64.0,
-           "acc": [62.0], "valid": 65.0, "train_s": 10, "epochs": {"reft": 1}, "majority": 62.17}
+           "acc": [62.0], "valid": 65.0, "train_s": 10, "epochs": {"reft": 1}, "majority": 62.17, "n": 600}
     full = document.render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
     assert "## 4. Sensitivity" in full and "## 5. Other task formats" in full and "### Questions only" in full
+    assert "Held out: 600 rows, majority rate 62.17%." in full  # each task grid says what it is out of
     assert "section 4" not in full and "section 5" not in full
     only_ablation = document.render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
     assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation

@@ -154,6 +154,12 @@ def _cmp_table(cmps: list[dict]) -> list[str]:
     return lines
 
 
+def held_out_line(rows: list[dict]) -> str:
+    """What a grid's held-out numbers are out of: each grid of a study may hold out other rows."""
+    sizes = sorted({(r["n"], round(r["majority"], 2)) for r in rows})
+    return "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + "."
+
+
 def paper_order(rows: list[dict]) -> list[str]:
     """The cells with a paper figure in the paper's order, ours beside them."""
     ours = {r["label"]: r for r in rows if r["paper"] is not None}
@@ -218,7 +224,7 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
     if s["tasks"]:
         out += ["## 5. Other task formats and tasks", ""]
         for title, rows in s["tasks"]:
-            out += [f"### {title}", "", *acc_table(rows), ""]
+            out += [f"### {title}", "", *acc_table(rows), "", held_out_line(rows), ""]
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",
             "For every LoRA-updated weight W (query and value of every block) and its merged "
             "W' = W + (alpha/r) B A: the top-10 left singular vectors of W' whose largest |cosine| "
