@@ -69,7 +69,7 @@ def test_sections_without_a_grid_are_left_out_and_named():
     no empty section 4 or 5 and no link to a stale plot; the setup says they are not in it."""
     from heft.study import document
     base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
-            "ablation_rows": [], "tasks": [], "spectra": [], "flips": [], "reproduce": []}
+            "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [], "reproduce": []}
     text = document.render("core", ["- setup"], base)
     assert "## 4." not in text and "## 5." not in text and "ablation.png" not in text
     assert "## 6. Intruder dimensions" in text and "## 3. Accuracy vs. epochs" in text
@@ -104,3 +104,13 @@ def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():
     assert "lora.target_modules" in runs_old and "lora.lr 0.002 where the chosen one has 0.0005" in runs_old
     table = "\n".join(document.recipe_table([dict(r, used=r["recipe"] == old) for r in rows]))
     assert "| q,v r8 | 65.00 | 65.00 | 63.00-67.00 |  · run in the sections below |" in table
+
+
+def test_the_seed_test_sentence_follows_the_number_of_seeds():
+    from heft.study import document
+    assert document.seed_test([{"seeds": [0, 1, 2]}]) == \
+        "paired t-test over the seeds, 2 degrees of freedom with 3 seeds"
+    assert document.seed_test([{"seeds": [0]}, {"seeds": [0]}]).startswith("no paired t-test: 1 seed")
+    one = {"question": "q", "a": "A", "b": "B", "mean_diff": 1.0, "std_diff": 0.0, "wins": 1, "n": 1,
+           "p": float("nan"), "only_a_right": 3, "only_b_right": 1, "mcnemar_p": 0.6, "verdict": "tie"}
+    assert "| 1/1 | - | 3 / 1 |" in document._cmp_table([one])[-1]

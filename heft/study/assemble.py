@@ -116,6 +116,7 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
         if spec.recipes in cells else []
     sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "claims": claims,
                 "recipes": recipes, "recipe_used": recipe_of(main[0].cell.config),
+                "lora_targets": ", ".join(main[0].cell.config.lora.target_modules) or "the default modules",
                 "ablation_rows": ablation_rows,
                 "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}

@@ -149,7 +149,8 @@ def _cmp_table(cmps: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for c in cmps:
         lines.append(f"| {c['question']} | {c['a']} | {c['b']} | {c['mean_diff']:+.2f} ± {c['std_diff']:.2f} "
-                     f"| {c['wins']}/{c['n']} | {c['p']:.3f} | {c['only_a_right']} / {c['only_b_right']} "
+                     f"| {c['wins']}/{c['n']} | {'-' if c['p'] != c['p'] else format(c['p'], '.3f')} "
+                     f"| {c['only_a_right']} / {c['only_b_right']} "
                      f"| {c['mcnemar_p']:.3f} | {c['verdict']} |")
     return lines
 
@@ -158,6 +159,14 @@ def held_out_line(rows: list[dict]) -> str:
     """What a grid's held-out numbers are out of: each grid of a study may hold out other rows."""
     sizes = sorted({(r["n"], round(r["majority"], 2)) for r in rows})
     return "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + "."
+
+
+def seed_test(rows: list[dict]) -> str:
+    """The seed-paired test the table's t column holds, for the number of seeds that ran."""
+    n = min((len(r["seeds"]) for r in rows), default=0)
+    if n < 2:
+        return f"no paired t-test: {n} seed, so the t column is '-'"
+    return f"paired t-test over the seeds, {n - 1} degree{'s' if n > 2 else ''} of freedom with {n} seeds"
 
 
 def paper_order(rows: list[dict]) -> list[str]:
@@ -204,8 +213,8 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
            "![held-out accuracy by cell](results/comparison.png)", "",
            "## 2. Paired comparisons", "",
            "Every cell is evaluated on the same held-out rows with the same seeds, so each pair of "
-           "cells is compared seed by seed (paired t-test over the seeds, 2 degrees of freedom with "
-           "3 seeds) and example by example (exact McNemar test on the examples exactly one of the "
+           f"cells is compared seed by seed ({seed_test(s['main_rows'])}) "
+           "and example by example (exact McNemar test on the examples exactly one of the "
            "two gets right, pooled over seeds: the pairs are held-out rows x seeds, so the same row "
            "counts once per seed). The verdict uses McNemar at p < 0.05.", "",
            *_cmp_table(s["comparisons"]), "",
@@ -226,7 +235,7 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
         for title, rows in s["tasks"]:
             out += [f"### {title}", "", *acc_table(rows), "", held_out_line(rows), ""]
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",
-            "For every LoRA-updated weight W (query and value of every block) and its merged "
+            f"For every LoRA-updated weight W ({s['lora_targets']} of every block) and its merged "
             "W' = W + (alpha/r) B A: the top-10 left singular vectors of W' whose largest |cosine| "
             "with any left singular vector of W is below 0.5 (or 0.7), summed over the weights "
             "(Shuttleworth et al., 2024). Relative update = ||W' − W|| / ||W||, mean over weights.", "",
