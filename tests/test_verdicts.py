@@ -69,7 +69,8 @@ def test_sections_without_a_grid_are_left_out_and_named():
     no empty section 4 or 5 and no link to a stale plot; the setup says they are not in it."""
     from heft.study import document
     base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
-            "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [], "reproduce": []}
+            "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [],
+            "reproduce": []}
     text = document.render("core", ["- setup"], base)
     assert "## 4." not in text and "## 5." not in text and "ablation.png" not in text
     assert "## 6. Intruder dimensions" in text and "## 3. Accuracy vs. epochs" in text
