@@ -44,9 +44,9 @@ grid: venv
 	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/heft grid --grid $(GRID) $(ARGS)
 
-# The study behind docs/results.md (deployments/study/minilm-core.yaml: 81 min on 2 idle
-# cores from an empty cache; STUDY=deployments/study/minilm.yaml, the full one, about 2.5 h;
-# minutes when cached).
+# The study behind docs/results.md (deployments/study/minilm-core.yaml; ARGS="seeds=[0]", what
+# docs/results.md ran: 65 min on 2 idle cores from an empty cache; 3 seeds about 2.7 h;
+# STUDY=deployments/study/minilm.yaml, the full one, about 4 h; minutes when cached).
 # Its own artifact root and MLflow store, so demo runs and tests never mix into it.
 results: venv
 	mkdir -p $(PREFECT_HOME)

@@ -58,8 +58,10 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
                             report_dir=str(Path(".heft/reports") / f"{spec.name}-{g.name}"))
             run_ids[g.name] = {c.run_name: r["run_id"] for c, r in zip(cells[g.name], out["cells"])}
         wall = time.perf_counter() - started
-        commands = [f"- Everything above, from an empty cache: `make results` "
-                    f"(= `heft study --study {study}`{' ' + ' '.join(overrides) if overrides else ''}).",
+        args = " ".join(overrides or [])
+        make = f"make results STUDY={study}" + (f' ARGS="{args}"' if args else "")
+        commands = [f"- Everything above, from an empty cache: `{make}` "
+                    f"(= `heft study --study {study}{' ' + args if args else ''}`).",
                     "- Only the document, from a filled cache: the same command (every stage is cached).",
                     "- On Llama-2-7B on a GPU work pool: `prefect deployment run heft-study/llama2-7b` "
                     "(deployments/study/llama2-7b.yaml; writes docs/results-llama2-7b.md)."]
