@@ -111,10 +111,13 @@ def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
     scaled = {c.label: c.epochs for c in small["study-comparison"]}
     assert scaled["HEFT 3+3"] == {"lora": 1, "reft": 1} and scaled["HEFT 20+20"] == {"lora": 5, "reft": 5}
     assert scaled["LoRA-only 6 (HEFT 3+3's epochs)"] == {"lora": 2}
-    # the study's scale (2,000 training rows) everywhere but the standalone recipe search (all rows)
-    assert {c.config.data.max_train for name, cs in small.items() if name != "study-recipes"
-            for c in cs} == {2000}
-    assert {c.config.data.max_train for c in small["study-recipes"]} == {0}
+    # all training rows everywhere (2,000 did not learn) but the standalone SmolLM2 grid (CPU scale)
+    assert {c.config.data.max_train for name, cs in small.items() if name != "study-smollm2"
+            for c in cs} == {0}
+    smol = small["study-smollm2"]
+    assert {(c.config.data.max_train, c.config.data.max_eval, c.config.model.gguf_file) for c in smol} == \
+        {(320, 300, "SmolLM2-135M-Instruct.Q4_1.gguf")}
+    assert {c.epochs["lora"] for c in smol if "lora" in c.epochs} == {1, 2}  # not scaled by the study
     question = small["study-question-only"][0].config
     assert question.data.format == "question"  # all 9,427 train questions, the dev split held out
     boolq = "../shared/data/boolq/"
