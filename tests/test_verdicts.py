@@ -91,8 +91,9 @@ def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():
     """Section 0 names the recipe the other sections ran, read off their config: a study whose
     preset still runs another recipe must not claim it runs the chosen one."""
     from heft.study import document
-    new = {"lora.target_modules": ("query", "key", "value", "dense"), "lora.rank": 16, "lora.lr": 5e-4}
-    old = {"lora.target_modules": ("query", "value"), "lora.rank": 8, "lora.lr": 2e-3}
+    # recipes as assemble.recipe_of gives them: the config's MLflow params (lists comma-joined)
+    new = {"lora.target_modules": "query,key,value,dense", "lora.rank": 16, "lora.lr": 5e-4}
+    old = {"lora.target_modules": "query,value", "lora.rank": 8, "lora.lr": 2e-3}
     row = {"mean": 65.0, "ci95_low": 63.0, "ci95_high": 67.0, "valid_curve": [68.0]}
     rows = [dict(row, label="all linear r16", recipe=new, chosen=True),
             dict(row, label="q,v r8", recipe=old, chosen=False, valid_curve=[65.0])]
@@ -115,3 +116,18 @@ def test_the_seed_test_sentence_follows_the_number_of_seeds():
     one = {"question": "q", "a": "A", "b": "B", "mean_diff": 1.0, "std_diff": 0.0, "wins": 1, "n": 1,
            "p": float("nan"), "only_a_right": 3, "only_b_right": 1, "mcnemar_p": 0.6, "verdict": "tie"}
     assert "| 1/1 | - | 3 / 1 |" in document._cmp_table([one])[-1]
+
+
+def test_the_study_runs_the_recipe_search_winner_and_tells_the_recipes_apart():
+    """On the real specs: the comparison's config is the recipe of the 'all linear r16' cell (the
+    preset is that cell), and no other recipe of the search reads as the same one (pooling, rank
+    and modules are all part of a recipe; epochs and row counts are not)."""
+    from heft.study.assemble import recipe_of
+    from heft.study.grid import expand
+    from heft.study.spec import load_study
+    grids = {g.name: expand(g, depth_of=lambda n: 6)
+             for g in load_study("deployments/study/minilm.yaml").grid_specs()}
+    used = recipe_of(grids["study-comparison"][0].config)
+    recipes = {c.label: recipe_of(c.config) for c in grids["study-recipes"]}
+    assert [label for label, r in recipes.items() if r == used] == ["all linear r16 lr 5e-4 head 1e-3"]
+    assert used["lora.target_modules"] == "query,key,value,dense" and used["model.pooling"] == "mean"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from heft.config import flat_params
 from heft.study import document as results
 from heft.study import verdicts as verdict
 from heft.study import tables as analysis
@@ -18,6 +19,10 @@ from heft.study.spec import CellData, StudySpec, gather
 def metric_name(text: str) -> str:
     """MLflow metric names allow letters, digits and _ - . / : and spaces."""
     return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", text)
+
+
+def lora_targets(cfg) -> str:
+    return ", ".join(cfg.lora.target_modules) or "the per-architecture default modules"
 
 
 def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: str) -> list[str]:
@@ -44,8 +49,7 @@ def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: 
             f"({os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads).",
             f"- Data ({cfg.data.format} format): {data}; held-out majority rate "
             f"{100 * m['majority_rate']:.2f}%.",
-            f"- LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on "
-            f"{', '.join(cfg.lora.target_modules) or 'the per-architecture default modules'}, "
+            f"- LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on {lora_targets(cfg)}, "
             f"lr {cfg.lora.lr} "
             f"(head {cfg.lora.head_learning_rate}); LoReFT layer {cfg.reft.layer}, rank {cfg.reft.rank}, "
             f"positions {cfg.reft.positions}, lr {cfg.reft.lr}; batch {cfg.lora.batch_size}; "
@@ -66,7 +70,9 @@ RECIPE_FIELDS = ("lora.target_modules", "lora.rank", "lora.alpha", "lora.lr", "l
 
 
 def recipe_of(cfg) -> dict:
-    return {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in RECIPE_FIELDS}
+    """The recipe fields of a run config, named and formatted as its MLflow params."""
+    params = flat_params(cfg)
+    return {f: params[f] for f in RECIPE_FIELDS}
 
 
 def recipe_rows(cells: list[CellData], used: dict | None = None) -> list[dict]:
@@ -112,11 +118,11 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
              if name not in (main_name, spec.ablation, spec.recipes)]
     verdicts = [verdict.comparison_line(c, spec.paper) for c in cmps] + [verdict.learning_line(rows)]
     claims = verdict.summary(cmps, spec.paper)
-    recipes = recipe_rows(cells[spec.recipes], recipe_of(main[0].cell.config)) \
-        if spec.recipes in cells else []
+    used = recipe_of(main[0].cell.config)  # the recipe sections 1-7 ran
+    recipes = recipe_rows(cells[spec.recipes], used) if spec.recipes in cells else []
     sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "claims": claims,
-                "recipes": recipes, "recipe_used": recipe_of(main[0].cell.config),
-                "lora_targets": ", ".join(main[0].cell.config.lora.target_modules) or "the default modules",
+                "recipes": recipes, "recipe_used": used,
+                "lora_targets": lora_targets(main[0].cell.config),
                 "ablation_rows": ablation_rows,
                 "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}

@@ -1,6 +1,7 @@
 """docs/results.md and its PNGs from a finished study (numbers from heft.study.tables)."""
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def acc_table(rows: list[dict], paper: bool = False) -> list[str]:
 
 
 def _recipe_text(recipe: dict) -> str:
-    return ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in recipe.items())
+    return ", ".join(f"{k}={v}" for k, v in recipe.items())
 
 
 def recipe_use(rows: list[dict], used: dict) -> str:
@@ -149,7 +150,7 @@ def _cmp_table(cmps: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for c in cmps:
         lines.append(f"| {c['question']} | {c['a']} | {c['b']} | {c['mean_diff']:+.2f} ± {c['std_diff']:.2f} "
-                     f"| {c['wins']}/{c['n']} | {'-' if c['p'] != c['p'] else format(c['p'], '.3f')} "
+                     f"| {c['wins']}/{c['n']} | {'-' if math.isnan(c['p']) else format(c['p'], '.3f')} "
                      f"| {c['only_a_right']} / {c['only_b_right']} "
                      f"| {c['mcnemar_p']:.3f} | {c['verdict']} |")
     return lines
