@@ -32,8 +32,10 @@ def run_bf16_chain(keyword_config, root) -> None:
     # learns the keyword task in bf16 as in float32 (tests/test_pipeline.py), majority ~50%
     assert out["eval:lora"].metrics["accuracy"] > 0.85
     assert out["eval:heft"].metrics["accuracy"] > 0.85
-    # the merge really ran in bf16 (rounding > 0) and stayed inside its relative tolerance
-    assert 0 < out["merge"].metrics["merge_rel_diff"] < 0.05
+    # the merge's check ran in float32 (inside its tolerance), then the weights were rounded
+    # to bf16 once: that rounding moved the outputs (> 0), as bf16 storage must
+    assert out["merge"].metrics["merge_rel_diff"] < 1e-4
+    assert 0 < out["merge"].metrics["merge_dtype_rounding"] < 0.1
     assert dtypes(path("merge", "model", "model.safetensors")) == {"bf16"}
     assert "f32" in dtypes(next(path("lora").rglob("adapter_model.safetensors")))  # peft's float32 adapter
     # the intervention: float32, orthonormal to float32 precision, and it changes the scores

@@ -41,7 +41,8 @@ OTHER_STAGES = {
     "rows_train": "data: training rows", "rows_valid": "data: validation rows",
     "rows_eval": "data: held-out rows",
     "merge_max_abs_diff": "merge: largest change of any output, adapter vs merged",
-    "merge_rel_diff": "merge: that change relative to the outputs' scale",
+    "merge_rel_diff": "merge: that change relative to the outputs' scale (float32)",
+    "merge_dtype_rounding": "merge: output change from rounding the merged weights to the model's dtype",
 }
 GRID = {
     "best_valid_accuracy": "validation accuracy of the best cell (chosen by it)",
@@ -62,7 +63,8 @@ _EPOCH = {"train_loss": "epoch_train_loss", "valid_accuracy": "valid_accuracy",
           "epoch_seconds": "epoch_seconds", "train_examples_per_second": "examples_per_second"}
 _STAGE = {"evaluate": _EVALUATE, "lora": _TRAIN_FINAL, "reft": _TRAIN_FINAL,
           "data": {"n_train": "rows_train", "n_valid": "rows_valid", "n_eval": "rows_eval"},
-          "merge": {"merge_max_abs_diff": "merge_max_abs_diff", "merge_rel_diff": "merge_rel_diff"},
+          "merge": {"merge_max_abs_diff": "merge_max_abs_diff", "merge_rel_diff": "merge_rel_diff",
+                    "merge_dtype_rounding": "merge_dtype_rounding"},
           "base": {}}
 
 
