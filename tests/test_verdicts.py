@@ -131,3 +131,45 @@ def test_the_study_runs_the_recipe_search_winner_and_tells_the_recipes_apart():
     recipes = {c.label: recipe_of(c.config) for c in grids["study-recipes"]}
     assert [label for label, r in recipes.items() if r == used] == ["all linear r16 lr 5e-4 head 1e-3"]
     assert used["lora.target_modules"] == "query,key,value,dense" and used["model.pooling"] == "mean"
+
+
+def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_its_numbers(tmp_path):
+    """bench/gpu_check.py's record (docs/gpu/*.json) under section 5: where it came from, the
+    table read from the record, and which cells learn following each cell's interval."""
+    import json
+
+    import pytest
+
+    from heft.config import ConfigError
+    from heft.study import document, measured
+
+    def cell(name, acc, low, high):
+        return {"cell": name, "accuracy": acc, "ci95": [low, high], "majority": 0.6217, "n": 3270,
+                "seconds": 46.4}
+    record = {"device": "NVIDIA H200", "date": "2026-12-04",
+              "command": "python3 bench/gpu_check.py --rows 2000",
+              "train_rows": 2000, "smollm2": [cell("HEFT 3+3", 0.6798, 0.6636, 0.6956),
+                                              cell("ReFT-only 6", 0.6131, 0.5963, 0.6297)],
+              "not_run": ["LoRA-only 6"], "not_run_why": "past the 240 s deadline"}
+    path = tmp_path / "h200.json"
+    path.write_text(json.dumps(record))
+    base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
+            "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [],
+            "reproduce": []}
+    text = document.render("core", [], dict(base, measured=measured.load((str(path),))))
+    assert "## 5. Other task formats and tasks" in text and "section 5" not in text
+    assert "### SmolLM2-135M-Instruct on a GPU: NVIDIA H200, 2026-12-04" in text
+    assert f"the record `{path}`, written by `python3 bench/gpu_check.py --rows 2000`" in text
+    assert "| HEFT 3+3 | **67.98** | 66.36-69.56 | 46 |" in text
+    assert "Held out: 3270 rows, majority rate 62.17%." in text
+    assert ("Whole 95% interval above the majority rate: HEFT 3+3. Not above it: ReFT-only 6.") in text
+    assert "Not run: LoRA-only 6 (past the 240 s deadline)." in text
+    # the verdict follows the numbers: lower HEFT's interval below the majority rate
+    record["smollm2"][0] = cell("HEFT 3+3", 0.63, 0.6151, 0.6482)
+    path.write_text(json.dumps(record))
+    text = document.render("core", [], dict(base, measured=measured.load((str(path),))))
+    assert "Whole 95% interval above the majority rate: none. Not above it: HEFT 3+3, ReFT-only 6." in text
+    del record["train_rows"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):
+        measured.load((str(path),))

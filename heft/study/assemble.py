@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from heft.config import flat_params
-from heft.study import document as results
+from heft.study import document as results, measured
 from heft.study import verdicts as verdict
 from heft.study import tables as analysis
 from heft.study.grid import GridSpec
@@ -124,7 +124,8 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
                 "recipes": recipes, "recipe_used": used,
                 "lora_targets": lora_targets(main[0].cell.config),
                 "ablation_rows": ablation_rows,
-                "tasks": tasks, "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
+                "tasks": tasks, "measured": measured.load(spec.measured),
+                "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
                 "reproduce": commands}
     tracking = main[0].cell.config.tracking_uri
     text = results.render(spec.name, setup_lines(spec, main, wall_s, tracking), sections)

@@ -5,6 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
+from heft.study import measured
 from heft.study.grid_plots import finish
 from heft.study.tables import curves, table
 
@@ -190,7 +191,8 @@ def omitted(sections: dict) -> list[str]:
     """The setup line naming the numbered sections this study has no grid for ([] if none)."""
     missing = [name for name, present in (("0 (the recipe search)", sections["recipes"]),
                                           ("4 (sensitivity: the ablation grid)", sections["ablation_rows"]),
-                                          ("5 (other task formats and tasks)", sections["tasks"]))
+                                          ("5 (other task formats and tasks)",
+                                           sections["tasks"] or sections.get("measured")))
                if not present]
     return [f"- Not in this study (its spec runs no grid for them): section {', section '.join(missing)}."] \
         if missing else []
@@ -231,10 +233,12 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
     if s["ablation_rows"]:
         out += ["## 4. Sensitivity: ReFT layer, low-rank dimension, positions, LoRA rank", "",
                 *acc_table(s["ablation_rows"]), "", "![ablation](results/ablation.png)", ""]
-    if s["tasks"]:
+    if s["tasks"] or s.get("measured"):
         out += ["## 5. Other task formats and tasks", ""]
         for title, rows in s["tasks"]:
             out += [f"### {title}", "", *acc_table(rows), "", held_out_line(rows), ""]
+        for path, record in s.get("measured", []):
+            out += measured.section(path, record)
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",
             f"For every LoRA-updated weight W ({s['lora_targets']} of every block) and its merged "
             "W' = W + (alpha/r) B A: the top-10 left singular vectors of W' whose largest |cosine| "

@@ -31,7 +31,7 @@ from heft.store.fingerprints import Fingerprints
 from heft.study.grid import Cell, GridSpec, expand, load_grid
 
 FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves")
-STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone") + FACTS
+STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone", "measured") + FACTS
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class StudySpec:
     derived: tuple[dict, ...] = ()
     results: str = "docs/results.md"
     standalone: tuple[str, ...] = ()       # grids the study's overrides do not apply to
+    measured: tuple[str, ...] = ()         # bench/gpu_check.py records shown in section 5
     main: str = ""                         # grid of the comparison sections (default: the first)
     ablation: str = ""                     # grid of the sensitivity section (optional)
     recipes: str = ""                      # grid of the recipe search (section 0, optional)
@@ -87,6 +88,7 @@ def load_study(path: str) -> StudySpec:
                      derived=tuple(values.get("derived") or ()),
                      results=str(values.get("results") or "docs/results.md"),
                      standalone=tuple(values.get("standalone") or ()),
+                     measured=tuple(values.get("measured") or ()),
                      main=str(values.get("main") or ""), ablation=str(values.get("ablation") or ""),
                      recipes=str(values.get("recipes") or ""),
                      titles=dict(values.get("titles") or {}), paper=dict(values.get("paper") or {}),
