@@ -9,16 +9,19 @@ artifact's metrics.
 
 The check runs in float32 whatever the model's dtype: the low-precision base is upcast
 (exactly) and the adapter already is float32, so base + adapter and W + dW differ by float32
-rounding alone (relative 3e-7 to 5e-6 measured: MiniLM, stories260K, SmolLM2), and a merge
+rounding alone (3e-7 to 4e-5 of the outputs' scale measured: MiniLM and stories260K on the
+CPU, SmolLM2 on the CPU and on an H200, the largest after one LoRA epoch there), and a merge
 that dropped or mis-scaled the update is off by tens of percent (the LoRA update moved the
-scores by 60% on stories260K, 35% on MiniLM).  Only then are the merged weights rounded, once,
-to the configured dtype; what that rounding does to the outputs is recorded
-(``merge_dtype_rounding``), not judged: it is the same rounding the base model itself carries.
+scores by 60% on stories260K, 35% on MiniLM).  The tolerance, 1e-3, leaves deeper and wider
+models 25x headroom over SmolLM2's float32 rounding and is still 350x below a lost update.
+Only then are the merged weights rounded, once, to the configured dtype; what that rounding
+does to the outputs is recorded (``merge_dtype_rounding``), not judged: it is the same
+rounding the base model itself carries.
 Why not compare in bf16: on a deep LM the bf16 outputs move by rounding alone far past any
 tolerance that would still catch a broken merge.  SmolLM2-135M (30 blocks) in bf16 on the CPU
 moved by 6.6% of the logits' scale after a 40-row adapter (bf16 against float32 of the same
-base: 4.9%), and by 100.6% on an H200 after a 4,146-row epoch, where the bf16 check (then 5%)
-refused the merge (docs/benchmarks.md, "The GPU check").
+base: 4.9%), and by 100.6% on an H200 after a 4,546-row epoch, where the bf16 check (then 5%)
+refused the merge (docs/benchmarks.md, section 9).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from heft.stages.inputs import StageInputs, artifact_ref
 from heft.store.artifacts import Artifact, Built
 
 # largest output change allowed, in float32, as a fraction of max(1, max|output|)
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3
 CHECK_ROWS = 4
 
 
