@@ -173,3 +173,11 @@ def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_i
     path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):
         measured.load((str(path),))
+    # and a study naming that record fails when its spec is read, before any cell trains
+    import yaml
+
+    from heft.study.spec import load_study
+    spec = yaml.safe_load(open("deployments/study/minilm-core.yaml"))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(dict(spec, measured=[str(path)])))
+    with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):
+        load_study(str(tmp_path / "study.yaml"))

@@ -28,6 +28,7 @@ from heft.plan import FINAL_EVAL, plan
 from heft.presets import read_preset
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.fingerprints import Fingerprints
+from heft.study import measured
 from heft.study.grid import Cell, GridSpec, expand, load_grid
 
 FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves")
@@ -59,6 +60,7 @@ class StudySpec:
         for g in self.grids:
             if not Path(g).is_file():
                 raise ConfigError(f"study {self.name!r}: grid {g!r} does not exist")
+        measured.load(self.measured)  # a missing or incomplete record fails before any training
         for d in self.derived:
             missing = {"task", "source", "out"} - set(d)
             if missing:
