@@ -162,13 +162,14 @@ def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_i
     assert f"the record `{path}`, written by `python3 bench/gpu_check.py --rows 2000`" in text
     assert "| HEFT 3+3 | **67.98** | 66.36-69.56 | 46 |" in text
     assert "Held out: 3270 rows, majority rate 62.17%." in text
-    assert ("Whole 95% interval above the majority rate: HEFT 3+3. Not above it: ReFT-only 6.") in text
+    assert ("1 of 2 cells learn beyond it (the lower end of the 95% interval above it); the best mean is "
+            "HEFT 3+3 at 67.98% (66.36-69.56%). Cells that do not clear it: ReFT-only 6.") in text
     assert "Not run: LoRA-only 6 (past the 240 s deadline)." in text
     # the verdict follows the numbers: lower HEFT's interval below the majority rate
     record["smollm2"][0] = cell("HEFT 3+3", 0.63, 0.6151, 0.6482)
     path.write_text(json.dumps(record))
     text = document.render("core", [], dict(base, measured=measured.load((str(path),))))
-    assert "Whole 95% interval above the majority rate: none. Not above it: HEFT 3+3, ReFT-only 6." in text
+    assert "0 of 2 cells learn beyond it" in text and "No cell clears the majority rate" in text
     del record["train_rows"]
     path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):

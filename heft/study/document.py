@@ -8,6 +8,7 @@ from pathlib import Path
 from heft.study import measured
 from heft.study.grid_plots import finish
 from heft.study.tables import curves, table
+from heft.study.verdicts import held_out_line
 
 
 def _plt():
@@ -155,12 +156,6 @@ def _cmp_table(cmps: list[dict]) -> list[str]:
                      f"| {c['only_a_right']} / {c['only_b_right']} "
                      f"| {c['mcnemar_p']:.3f} | {c['verdict']} |")
     return lines
-
-
-def held_out_line(rows: list[dict]) -> str:
-    """What a grid's held-out numbers are out of: each grid of a study may hold out other rows."""
-    sizes = sorted({(r["n"], round(r["majority"], 2)) for r in rows})
-    return "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + "."
 
 
 def seed_test(rows: list[dict]) -> str:

@@ -4,8 +4,8 @@ A study spec names their JSON records (``measured: [docs/gpu/h200-2026-12-04.jso
 what ``bench/gpu_check.py --out`` wrote: the device, the date, the command, the training
 rows and the SmolLM2 cells with their held-out accuracy, 95% interval, majority rate and
 seconds.  Section 5 of results.md shows each record under its own heading, saying where its
-numbers come from (a GPU run of the committed check, not this study's run); the line on which
-cells learn is derived from the record's numbers as the study's own verdicts are.
+numbers come from (a GPU run of the committed check, not this study's run); the held-out line
+and the line on which cells learn are the study's own (heft.study.verdicts), on the record's numbers.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from heft.config import ConfigError
+from heft.study import verdicts
 
 RECORD_KEYS = ("device", "date", "command", "train_rows", "smollm2")
 CELL_KEYS = ("cell", "accuracy", "ci95", "majority", "n", "seconds")
@@ -34,30 +35,26 @@ def load(paths: tuple[str, ...]) -> list[tuple[str, dict]]:
     return out
 
 
-def learning_line(cells: list[dict]) -> str:
-    """Which cells' whole 95% interval lies above the majority rate (each cell's own rate)."""
-    above = [c["cell"] for c in cells if c["ci95"][0] > c["majority"]]
-    not_above = [c["cell"] for c in cells if c["ci95"][0] <= c["majority"]]
-    if not cells:
-        return "No cell ran."
-    return (f"Whole 95% interval above the majority rate: {', '.join(above) or 'none'}. "
-            f"Not above it: {', '.join(not_above) or 'none'}.")
+def rows(record: dict) -> list[dict]:
+    """The record's cells as the study's rows (percent), for the study's own sentences."""
+    return [{"label": c["cell"], "mean": 100 * c["accuracy"], "ci95_low": 100 * c["ci95"][0],
+             "ci95_high": 100 * c["ci95"][1], "majority": 100 * c["majority"], "n": c["n"]}
+            for c in record["smollm2"]]
 
 
 def section(path: str, record: dict) -> list[str]:
     """The markdown of one record: heading, provenance, table, held-out rows, verdict, skips."""
     cells = record["smollm2"]
-    rows = f"{record['train_rows']:,}" if record["train_rows"] else "all the"
-    sizes = sorted({(c["n"], round(100 * c["majority"], 2)) for c in cells})
+    train = f"{record['train_rows']:,}" if record["train_rows"] else "all the"
     lines = [f"### SmolLM2-135M-Instruct on a GPU: {record['device']}, {record['date']}", "",
              f"Not this study's run: the record `{path}`, written by `{record['command']}` on a "
-             f"lent GPU: {rows} official train rows, bf16 weights, seed 0, constant schedules; the "
+             f"lent GPU: {train} official train rows, bf16 weights, seed 0, constant schedules; the "
              "cells of deployments/study/smollm2-cpu.yaml at the GPU's scale.", "",
              "| cell | held-out accuracy | 95% CI | s (with its evaluations) |", "|---|---|---|---|"]
     lines += [f"| {c['cell']} | **{100 * c['accuracy']:.2f}** | {100 * c['ci95'][0]:.2f}-"
               f"{100 * c['ci95'][1]:.2f} | {c['seconds']:.0f} |" for c in cells]
-    lines += ["", "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + ".",
-              "", learning_line(cells)]
+    if cells:
+        lines += ["", verdicts.held_out_line(rows(record)), "", verdicts.learning_line(rows(record))]
     if record.get("not_run"):
         why = record.get("not_run_why", "no reason recorded")
         lines += ["", f"Not run: {', '.join(record['not_run'])} ({why})."]

@@ -45,11 +45,13 @@ def comparison_line(cmp: dict, paper: dict[str, float]) -> str:
 
 
 def learning_line(rows: list[dict]) -> str:
-    """How many cells learned: the lower end of their held-out interval above the majority rate."""
-    majority = rows[0]["majority"]
-    learned = [r for r in rows if r["ci95_low"] > majority]
+    """How many cells learned: the lower end of their held-out interval above the majority rate
+    (each cell against its own held-out rows' rate; rows in percent)."""
+    majorities = sorted({round(r["majority"], 2) for r in rows})
+    learned = [r for r in rows if r["ci95_low"] > r["majority"]]
     best = max(rows, key=lambda r: r["mean"])
-    line = (f"- Held-out majority rate (always giving the majority answer): {majority:.2f}%. "
+    rate = " / ".join(f"{m:.2f}%" for m in majorities)
+    line = (f"- Held-out majority rate (always giving the majority answer): {rate}. "
             f"{len(learned)} of {len(rows)} cells learn beyond it (the lower end of the 95% interval "
             "above it); "
             f"the best mean is {best['label']} at {best['mean']:.2f}% "
@@ -61,6 +63,12 @@ def learning_line(rows: list[dict]) -> str:
         rest = ", ".join(r["label"] for r in rows if r not in learned)
         line += f" Cells that do not clear it: {rest}."
     return line
+
+
+def held_out_line(rows: list[dict]) -> str:
+    """What a grid's held-out numbers are out of: each grid of a study may hold out other rows."""
+    sizes = sorted({(r["n"], round(r["majority"], 2)) for r in rows})
+    return "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + "."
 
 
 def summary(cmps: list[dict], paper: dict[str, float]) -> list[str]:
