@@ -81,6 +81,9 @@ def test_sections_without_a_grid_are_left_out_and_named():
     full = document.render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
     assert "## 4. Sensitivity" in full and "## 5. Other task formats" in full and "### Questions only" in full
     assert "Held out: 600 rows, majority rate 62.17%." in full  # each task grid says what it is out of
+    assert "0 of 1 cells learn beyond it" in full  # and whether its cells learn (60.0 < 62.17)
+    learns = document.render("full", [], dict(base, tasks=[("Questions only", [dict(row, ci95_low=63.0)])]))
+    assert "1 of 1 cells learn beyond it" in learns
     assert "section 4" not in full and "section 5" not in full
     only_ablation = document.render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
     assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation
