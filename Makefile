@@ -44,9 +44,10 @@ grid: venv
 	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/heft grid --grid $(GRID) $(ARGS)
 
-# The study behind docs/results.md (deployments/study/minilm-core.yaml; ARGS="seeds=[0]", what
-# docs/results.md ran: 65 min on 2 idle cores from an empty cache; 3 seeds about 2.7 h;
-# STUDY=deployments/study/minilm.yaml, the full one, about 4 h; minutes when cached).
+# The study behind docs/results.md (deployments/study/minilm-core.yaml: the recipe search, the
+# comparison with 3 seeds and the SmolLM2 grid, about 3.4 h on 2 idle cores from an empty
+# cache; ARGS="seeds=[0]" 65 min; STUDY=deployments/study/minilm.yaml, the full one with the
+# ablation grid, about 5 h (estimated); minutes when cached).
 # Its own artifact root and MLflow store, so demo runs and tests never mix into it.
 results: venv
 	mkdir -p $(PREFECT_HOME)
