@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STUDY ?= deployments/study/minilm-core.yaml
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-.PHONY: venv test-venv demo grid results test test-slow lint gpu-check mutations clean up down status deploy run-deployment
+.PHONY: venv test-venv demo grid results test test-slow test-stack lint gpu-check mutations clean up down status deploy run-deployment
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.test-installed
 
@@ -62,7 +62,12 @@ test: test-venv lint
 
 test-slow: test-venv
 	mkdir -p $(PREFECT_HOME)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow or stack"
+
+# the local services stack end to end (tests/test_stack.py, ~6 min); CI runs it after `test`
+test-stack: test-venv
+	mkdir -p $(PREFECT_HOME)
+	$(PY) -m pytest -q -m stack
 
 # On a lent GPU machine (its own image's python3; see bench/gpu_check.py): -m gpu tests,
 # LoRA-stage MFU on a 1.1B Llama, SmolLM2 HEFT / LoRA-only / ReFT-only in bf16 on 2,000
