@@ -47,7 +47,7 @@ grid: venv
 # The study behind docs/results.md (deployments/study/minilm-core.yaml: the recipe search, the
 # comparison with 3 seeds and the SmolLM2 grid, about 3.4 h on 2 idle cores from an empty
 # cache; ARGS="seeds=[0]" 65 min; STUDY=deployments/study/minilm.yaml, the full one with the
-# ablation grid, about 5 h (estimated); minutes when cached).
+# ablation and two other task grids, about 5 h (estimated); minutes when cached).
 # Its own artifact root and MLflow store, so demo runs and tests never mix into it.
 results: venv
 	mkdir -p $(PREFECT_HOME)

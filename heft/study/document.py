@@ -8,7 +8,7 @@ from pathlib import Path
 from heft.study import measured
 from heft.study.grid_plots import finish
 from heft.study.tables import curves, table
-from heft.study.verdicts import held_out_line, learning_line
+from heft.study.verdicts import grid_lines
 
 
 def _plt():
@@ -231,8 +231,7 @@ def render(study_name: str, setup: list[str], sections: dict) -> str:
     if s["tasks"] or s.get("measured"):
         out += ["## 5. Other task formats and tasks", ""]
         for title, rows in s["tasks"]:  # each task grid says whether its own cells learn
-            out += [f"### {title}", "", *acc_table(rows), "", held_out_line(rows), "",
-                    learning_line(rows), ""]
+            out += [f"### {title}", "", *acc_table(rows), "", *grid_lines(rows), ""]
         for path, record in s.get("measured", []):
             out += measured.section(path, record)
     out += ["## 6. Intruder dimensions of the merged LoRA weights", "",

@@ -54,7 +54,7 @@ def section(path: str, record: dict) -> list[str]:
     lines += [f"| {c['cell']} | **{100 * c['accuracy']:.2f}** | {100 * c['ci95'][0]:.2f}-"
               f"{100 * c['ci95'][1]:.2f} | {c['seconds']:.0f} |" for c in cells]
     if cells:
-        lines += ["", verdicts.held_out_line(rows(record)), "", verdicts.learning_line(rows(record))]
+        lines += ["", *verdicts.grid_lines(rows(record))]
     if record.get("not_run"):
         why = record.get("not_run_why", "no reason recorded")
         lines += ["", f"Not run: {', '.join(record['not_run'])} ({why})."]

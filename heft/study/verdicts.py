@@ -71,6 +71,11 @@ def held_out_line(rows: list[dict]) -> str:
     return "Held out: " + "; ".join(f"{n} rows, majority rate {m:.2f}%" for n, m in sizes) + "."
 
 
+def grid_lines(rows: list[dict]) -> list[str]:
+    """Under a grid's table: what its held-out numbers are out of, then whether its cells learn."""
+    return [held_out_line(rows), "", learning_line(rows)]
+
+
 def summary(cmps: list[dict], paper: dict[str, float]) -> list[str]:
     """The paper's claims grouped by what our numbers say of them."""
     groups = {"holds": [], "does not hold": [], "tie": []}
