@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from common import PeakRSS, adapter_flops_per_token  # noqa: E402
 from heft.modeling import models  # noqa: E402
-from heft.pipeline import run_pipeline  # noqa: E402
+from heft.run.execute import run_pipeline  # noqa: E402
 from heft.presets import load_run_config  # noqa: E402
 from heft.progress import Progress  # noqa: E402
 from heft.stages.inputs import StageInputs  # noqa: E402

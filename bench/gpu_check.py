@@ -48,7 +48,7 @@ FINAL = {"heft": "eval:heft", "lora-only": "eval:merged", "reft-only": "eval:ref
 
 
 def smollm2(args, work: str, started: float, skipped: list[str]) -> list[dict]:
-    from heft.pipeline import run_pipeline
+    from heft.run.execute import run_pipeline
     from heft.presets import load_run_config
     boolq = Path(args.shared) / "data" / "boolq"
     dtype = "bfloat16" if args.device_kind == "cuda" else "float32"
@@ -108,7 +108,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if args.device_kind == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
     env = {**os.environ, "HEFT_SHARED": args.shared}
-    # the record heft/study/measured.py reads (docs/gpu/*.json): where, when, how, what
+    # the record study/measured.py reads (docs/gpu/*.json): where, when, how, what
     report: dict = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                     "command": " ".join(["python3", "bench/gpu_check.py", *sys.argv[1:]]),
                     "train_rows": args.rows}  # 0: all of them

@@ -11,7 +11,7 @@
    computed from the *measured* durations of the sequential run's steps (meta.json build times).
 2. On paper: the predicted wall time of the MiniLM ablation grid (9 cells, the paper's 3+3
    epochs, the embedded preset's data) on 1, 2, 4, 8 and 16 workers, from the per-row stage
-   costs in heft/study/grid_plan.py (measured on this machine), and its critical path.
+   costs in heft/grids/plan.py (measured on this machine), and its critical path.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def keyword_file(folder: Path) -> Path:
 
 def run_grid(work: Path, name: str, data: Path, extra: list[str]) -> dict:
     from flows.grid_flow import heft_grid
-    from heft.study.grid import load_grid
+    from heft.grids.spec import load_grid
     overrides = ["preset=deployments/stories-boolq.yaml", "model.max_length=64", f"data.source={data}",
                  "data.holdout_size=100", "data.valid_size=60", "data.max_train=400", "lora.epochs=2",
                  "reft.epochs=3", "lora.lr=3e-3", "reft.lr=1e-2", f"artifact_root={work}/{name}",
@@ -57,10 +57,10 @@ def run_grid(work: Path, name: str, data: Path, extra: list[str]) -> dict:
 
 def measured_costs(root: str, spec) -> tuple[object, dict]:
     """The grid plan and each step's measured build seconds (from its meta.json)."""
-    from flows.grid_flow import plan_cells
+    from heft.grids.plan import plan_cells
     from heft.store.artifacts import ArtifactStore
-    from heft.study.grid import expand
-    from heft.study.grid_plan import GridPlan
+    from heft.grids.spec import expand
+    from heft.grids.plan import GridPlan
     cells = expand(spec)
     grid = GridPlan.of(cells, plan_cells(cells))
     store = ArtifactStore(root)
@@ -72,10 +72,10 @@ def measured_costs(root: str, spec) -> tuple[object, dict]:
 
 
 def paper_table() -> None:
-    from flows.grid_flow import plan_cells
+    from heft.grids.plan import plan_cells
     from heft.data.sources import split_rows
-    from heft.study.grid import expand, load_grid
-    from heft.study.grid_plan import GridPlan
+    from heft.grids.spec import expand, load_grid
+    from heft.grids.plan import GridPlan
     cells = expand(load_grid("deployments/grids/ablation.yaml", ["lora.epochs=3", "reft.epochs=3"]))
     grid = GridPlan.of(cells, plan_cells(cells))
     rows, _ = split_rows(cells[0].config.data)

@@ -37,7 +37,7 @@ def main() -> None:
 
     from flows.grid_flow import heft_grid
     from flows.heft_flow import heft
-    from heft.study.grid import expand, load_grid
+    from heft.grids.spec import expand, load_grid
 
     store = [f"artifact_root={work}/grid-root", f"tracking_uri=sqlite:///{work}/mlflow.db"]
     spec = load_grid(args.grid, list(args.overrides) + store)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import heft.stages.merge  # noqa: E402
 from heft.store.artifacts import ArtifactStore  # noqa: E402
 from heft.config import DataConfig, LoraConfig, ModelConfig, RunConfig  # noqa: E402
-from heft.pipeline import run_pipeline  # noqa: E402
+from heft.run.execute import run_pipeline  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = {"stories": (str(SHARED / "models" / "stories260K"), 300),  # (model, training rows)

@@ -35,7 +35,7 @@ from heft.store.artifacts import ArtifactStore  # noqa: E402
 from heft.modeling.scoring import predict  # noqa: E402
 from heft.stages.evaluate import load_for_eval  # noqa: E402
 from heft.stages.inputs import StageInputs  # noqa: E402
-from heft.pipeline import run_pipeline  # noqa: E402
+from heft.run.execute import run_pipeline  # noqa: E402
 from heft.presets import load_run_config  # noqa: E402
 
 

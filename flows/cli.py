@@ -111,14 +111,14 @@ def command(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"heft: error: {e}", file=sys.stderr)
             return 2
-    print(json.dumps(result["results"], indent=2))
-    print(f"model: {result['model']['key']} ({result['model']['uri']}); ask it with "
-          f"`heft predict --model {result['model']['key']} --question ... --passage ...`")
+    print(json.dumps(result.results, indent=2))
+    print(f"model: {result.model['key']} ({result.model['uri']}); ask it with "
+          f"`heft predict --model {result.model['key']} --question ... --passage ...`")
     return 0
 
 
 def grid_command(args) -> int:
-    from heft.study.grid import expand, load_grid
+    from heft.grids.spec import expand, load_grid
     try:
         spec = load_grid(args.grid, args.overrides)
         cells = expand(spec)
@@ -140,11 +140,11 @@ def grid_command(args) -> int:
 def describe_grid(cells) -> list[str]:
     """``heft grid --list``: the cells, the unique steps (built or not), the critical path and
     the predicted wall time on 1-8 workers (no Prefect, nothing run)."""
-    from flows.grid_flow import plan_cells
+    from heft.grids.plan import plan_cells
     from heft.data.sources import split_rows
-    from heft.pipeline import built
+    from heft.run.execute import built
     from heft.store.artifacts import ArtifactStore
-    from heft.study.grid_plan import GridPlan
+    from heft.grids.plan import GridPlan
     grid = GridPlan.of(cells, plan_cells(cells))
     store = ArtifactStore(cells[0].config.artifact_root)
     done = {art.key for p in grid.plans for art in built(p, store).values()}
@@ -157,8 +157,8 @@ def describe_grid(cells) -> list[str]:
 
 
 def study_command(args) -> int:
-    from heft.study.grid import expand
-    from heft.study.spec import load_study
+    from heft.grids.spec import expand
+    from study.spec import load_study
     try:
         spec = load_study(args.study)
         if args.list:

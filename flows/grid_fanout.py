@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from heft.study.grid import GridSpec
-from heft.study.grid_plan import GridPlan
+from heft.grids.plan import GridPlan
+from heft.grids.spec import GridSpec
+from heft.run.result import RunResult, StageRow, run_result
 from heft.store.artifacts import ArtifactStore
 from heft.tracking import Tracker
-from flows.grid_flow import cell_tags
 
 
 def waves(grid: GridPlan) -> list[list[int]]:
@@ -33,7 +33,7 @@ def waves(grid: GridPlan) -> list[list[int]]:
     return [w for w in (sorted(first), rest) if w]
 
 
-def fan_out(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridSpec) -> list[dict]:
+def fan_out(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridSpec) -> list[RunResult]:
     from prefect.deployments import run_deployment
     from prefect.futures import PrefectFlowRunFuture, wait
     from prefect.runtime import flow_run
@@ -43,7 +43,7 @@ def fan_out(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridS
         for i in wave:
             cell = grid.cells[i]
             params = {"config": dataclasses.asdict(cell.config), "mlflow_parent_run_id": grid_run.run_id,
-                      "run_name": cell.run_name, "mlflow_tags": cell_tags(cell, spec.name)}
+                      "run_name": cell.run_name, "mlflow_tags": cell.mlflow_tags(spec.name)}
             child = run_deployment(spec.deployment, parameters=params, timeout=0, as_subflow=True,
                                    idempotency_key=f"{flow_run.id}-{grid.plans[i].final.key}",
                                    flow_run_name=f"{spec.name}: {cell.run_name}", tags=[f"grid:{spec.name}"])
@@ -68,7 +68,7 @@ def read_state(flow_run_id):
         return client.read_flow_run(flow_run_id).state
 
 
-def read_back(grid: GridPlan, i: int, store: ArtifactStore, child, grid_run: Tracker) -> dict:
+def read_back(grid: GridPlan, i: int, store: ArtifactStore, child, grid_run: Tracker) -> RunResult:
     """A finished cell's results from the store by its planned keys (the child ran elsewhere),
     and its MLflow run by the Prefect flow run it recorded."""
     from heft.tracking.client import client
@@ -81,14 +81,10 @@ def read_back(grid: GridPlan, i: int, store: ArtifactStore, child, grid_run: Tra
     found = client(grid_run.uri).search_runs([grid_run.experiment_id],
                                              f"tags.`heft.prefect.flow_run_id` = '{child.id}'", max_results=1)
     tags = found[0].data.tags if found else {}
-    trained = [s for s in planned.steps if s.stage in ("lora", "reft")]
-    valid = out[trained[-1].name].metrics.get("final_valid_accuracy") if trained else None
-    return {"results": {n[5:]: a.metrics for n, a in out.items() if n.startswith("eval:")},
-            "stages": [{"stage": s.stage, "key": s.key, "state": "Completed", "cache": "remote"}
-                       for s in planned.steps],
-            "mlflow_run_id": found[0].info.run_id if found else "",
-            "model": {"uri": tags.get("heft.model.uri", ""), "key": planned.final.key},
-            "validation_accuracy": valid, "seconds": 0.0, "flow_run_id": str(child.id)}
+    rows = [StageRow(s.stage, s.key, "Completed", "remote", s.label) for s in planned.steps]
+    return run_result(planned, out, rows, mlflow_run_id=found[0].info.run_id if found else "",
+                      model={"uri": tags.get("heft.model.uri", ""), "key": planned.final.key},
+                      flow_run_id=str(child.id))
 
 
 def cancel_child_runs(parent_flow_run_id) -> int:

@@ -1,14 +1,15 @@
 """Flow ``heft-grid``: a grid as one DAG of unique steps on a task runner, then one report.
 
 The cells are planned and validated once; their steps are de-duplicated by key
-(heft/study/grid_plan.py), so a ReFT-layer sweep trains LoRA once, and each unique step is
+(heft/grids/plan.py), so a ReFT-layer sweep trains LoRA once, and each unique step is
 submitted once with its parent's future as its input: independent branches run at the same
-time on ``workers`` threads or Dask workers (flows/grid_engines.py).  With ``deployment`` the
+time on ``workers`` threads or Dask workers (flows/runners.py).  With ``deployment`` the
 cells are fanned out to a work pool instead (flows/grid_fanout.py).  Each cell keeps its own
 MLflow run (nested under the grid's) and its model.  Grid presets: deployments/grids/*.yaml.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -18,21 +19,19 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.grid_engines import check_engine, grid_steps, task_runner, threads_per_worker
+from flows.grid_fanout import cancel_child_runs, fan_out
+from flows.runners import check_engine, on_task_runner
 from heft.config import ConfigError, flat_params
-from flows.heft_flow import publish_summary
-from heft.pipeline import REBUILDS, summary
-from heft.plan import Plan, plan
-from heft.store.damage import DamagedArtifact
+from heft.grids.plan import GridPlan, plan_cells
+from heft.grids.report import CellResult, write_report
+from heft.grids.spec import Cell, GridSpec, expand, load_grid
+from heft.plan import Plan
+from heft.run.execute import execute
+from heft.run.result import RunResult, row
 from heft.store.artifacts import ArtifactStore
-from heft.store.fingerprints import Fingerprints
-from heft.study.grid import Cell, GridSpec, expand, load_grid
-from heft.study.grid_plan import GridPlan
-from heft.study.grid_report import CellResult, write_report
-from heft.tracking import Tracker, experiment_id, stage_params
+from heft.tracking import Tracker, experiment_id
 from heft.tracking.client import compare_url, ui_url
 from heft.tracking.context import source_tags
-from heft.validate import validate
 from tasks.models import register_task
 from tasks.pipeline_run import PipelineRun
 from tasks.stages import link_builder
@@ -40,68 +39,30 @@ from tasks.stages import link_builder
 DEFAULT_GRID = "deployments/grids/reft-layers.yaml"
 
 
-def cell_tags(cell: Cell, grid_name: str) -> dict[str, str]:
-    return {"heft.grid": grid_name, "heft.cell": cell.label, "heft.method": cell.method,
-            "heft.seed": str(cell.seed)}
-
-
-def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridSpec) -> list[dict]:
+def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridSpec) -> list[RunResult]:
     """Every unique step once on the spec's task runner; then each cell's MLflow run gets its
     results and model.  A step a cell shares with an earlier cell counts as reused there."""
-    built_before = [k for k, s in grid.steps.items() if store.find(s.stage, k) is not None]
+    steps = list(grid.steps.values())
     with ExitStack() as stack:
         pipelines = [stack.enter_context(PipelineRun.start(p, store, grid_run, c.run_name,
-                                                           cell_tags(c, spec.name)))
+                                                           c.mlflow_tags(spec.name)))
                      for c, p in zip(grid.cells, grid.plans)]
-        live = not spec.dask or grid.plans[0].config.tracking_uri.startswith(("http://", "https://"))
-        threads = None if spec.dask else threads_per_worker(spec.workers)
-        built = built_before
-        for attempt in range(REBUILDS + 1):
-            runs = {k: pipelines[grid.users[k][0]].run.child(s.label, stage_params(s.stage, s.config))
-                    for k, s in grid.steps.items() if k not in built}  # only what will be built gets a run
-            steps = grid_steps.with_options(task_runner=task_runner(spec),
-                                            flow_run_name=f"{spec.name}: steps")
-            try:
-                done = steps(list(grid.steps.values()), store.root, built, runs, live, bool(spec.dask),
-                             threads)
-                break
-            except DamagedArtifact as e:  # set aside: planning the grid again rebuilds it
-                for run in runs.values():
-                    run.finish("FAILED")
-                if attempt == REBUILDS:
-                    raise
-                print(f"{e}: running the grid's steps again")
-                built = [k for k, s in grid.steps.items() if store.find(s.stage, k) is not None]
+        done = execute(steps, store, on_task_runner(grid, store, [p.run for p in pipelines], spec))
         out = []
-        for i, (cell, planned, pipeline) in enumerate(zip(grid.cells, grid.plans, pipelines)):
+        for i, (planned, pipeline) in enumerate(zip(grid.plans, pipelines)):
             rows = []
             for step in planned.steps:
-                first = grid.users[step.key][0] == i and step.key not in built_before
-                rows.append({"stage": step.stage, "key": step.key,
-                             "state": done[step.key][1] if first else "Cached",
-                             "cache": "ran" if first else "reused"})
-                if not first:
-                    link_builder(pipeline.run, step, done[step.key][0])
-            artifacts = {s.name: done[s.key][0] for s in planned.steps}
-            finished = pipeline.finish_with(artifacts)
-            publish_summary(planned, rows, summary(artifacts), pipeline.run, finished["model"])
-            out.append({"results": finished["results"], "stages": rows, "mlflow_run_id": pipeline.run.run_id,
-                        "model": finished["model"], "validation_accuracy": finished["validation_accuracy"],
-                        "seconds": built_seconds(planned, done, rows)})
+                outcome = done[step.key]
+                first = grid.users[step.key][0] == i
+                seen = outcome if first else dataclasses.replace(outcome, state="Cached", reused=True)
+                rows.append(row(seen))
+                if not first or outcome.reused:
+                    link_builder(pipeline.run, step, outcome.artifact)
+            out.append(pipeline.finish({s.name: done[s.key].artifact for s in planned.steps}, rows))
     return out
 
 
-def built_seconds(planned: Plan, done: dict, rows: list[dict]) -> float:
-    """Wall seconds of the steps this cell built (from their meta.json build times)."""
-    total = 0.0
-    for step, row in zip(planned.steps, rows):
-        build = done[step.key][0].meta.get("build", {})
-        if row["cache"] == "ran" and "started" in build:
-            total += build["finished"] - build["started"]
-    return total
-
-
-def register_best(name: str, cells: list[Cell], results: list[CellResult], runs: list[dict],
+def register_best(name: str, cells: list[Cell], results: list[CellResult], runs: list[RunResult],
                   tracking_uri: str, grid_name: str) -> dict:
     """Register the cell with the best validation accuracy.  Never the best held-out accuracy:
     choosing on the held-out rows would make the reported held-out number optimistic."""
@@ -112,42 +73,17 @@ def register_best(name: str, cells: list[Cell], results: list[CellResult], runs:
     best = max(scored, key=lambda i: (results[i].valid_accuracy, -i))  # ties: the first cell
     cell, result, run = cells[best], results[best], runs[best]
     tags = {"heft.grid": grid_name, "heft.cell": cell.label, "heft.seed": cell.seed,
-            "heft.model.key": run["model"]["key"], "valid_accuracy": result.valid_accuracy,
+            "heft.model.key": run.model["key"], "valid_accuracy": result.valid_accuracy,
             "heldout_accuracy": result.accuracy, "config": json.dumps(flat_params(cell.config), default=str)}
-    source_run = run["model"]["uri"].removeprefix("runs:/").split("/")[0]
+    source_run = run.model["uri"].removeprefix("runs:/").split("/")[0]
     version = register_task(name, source_run, tracking_uri, tags)
     print(f"registered {name} version {version} (alias champion): {cell.run_name}, validation accuracy "
           f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%}")
     return {"version": version, "cell": cell.run_name}
 
 
-def plan_cells(cells: list[Cell], fingerprints: Fingerprints | None = None) -> list[Plan]:
-    """Plan every cell (each source read once) and validate each distinct plan once, before
-    any cell trains; one MLflow store for the grid."""
-    if not cells:
-        raise ConfigError("the grid has no cells")
-    stores = {(c.config.tracking_uri, c.config.experiment) for c in cells}
-    if len(stores) > 1:
-        raise ConfigError(f"a grid logs to one MLflow experiment, the cells name {sorted(stores)}")
-    roots = {ArtifactStore(c.config.artifact_root).root for c in cells}
-    if len(roots) > 1:
-        raise ConfigError(f"a grid keeps its artifacts under one root, the cells name {sorted(roots)}")
-    fingerprints = fingerprints or Fingerprints()
-    plans, checked = [], set()
-    for cell in cells:
-        try:
-            plans.append(plan(cell.config, fingerprints))
-            if (identity := tuple(s.key for s in plans[-1].steps)) not in checked:
-                validate(plans[-1])
-                checked.add(identity)
-        except ConfigError as e:
-            raise ConfigError(f"grid cell {cell.label!r}: {e}") from None
-    return plans
-
-
 def cancel_children(flow, flow_run, state) -> None:
     """A cancelled grid cancels the cell runs it fanned out (Prefect does not: #12713)."""
-    from flows.grid_fanout import cancel_child_runs
     cancel_child_runs(flow_run.id)
 
 
@@ -190,12 +126,11 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
                        parent=study_run, tags=tags) as grid_run:
         started = time.perf_counter()
         if spec.deployment:
-            from flows.grid_fanout import fan_out
             runs = fan_out(grid_plan, store, grid_run, spec)
         else:
             runs = run_cells(grid_plan, store, grid_run, spec)
         seconds = time.perf_counter() - started
-        results = [CellResult.of(cell, run, run["seconds"]) for cell, run in zip(cells, runs)]
+        results = [CellResult.of(cell, run) for cell, run in zip(cells, runs)]
         for i, (cell, r) in enumerate(zip(cells, results), 1):
             print(f"[{i}/{len(cells)}] {cell.run_name}: held-out {r.accuracy:.2%} "
                   f"(steps ran {r.ran}, reused {r.cached})")
@@ -205,7 +140,7 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
         grid_run.log_metrics({"wall_seconds": seconds, "cells": len(cells),
                               "steps_built": sum(r.ran for r in results),
                               "steps_reused": sum(r.cached for r in results), **best["metrics"]})
-        links = grid_links(grid_run, [run["mlflow_run_id"] for run in runs if run["mlflow_run_id"]])
+        links = grid_links(grid_run, [run.mlflow_run_id for run in runs if run.mlflow_run_id])
         note = report["markdown"] + "\n\n" + " · ".join(f"[{text}]({url})" for text, url in links.items())
         grid_run.set_tags({"mlflow.note.content": note, "heft.best_cell": best["label"]})
         grid_run.log_files(list(report["files"].values()), artifact_path="report")
@@ -222,7 +157,7 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
     print("\n".join(f"{text}: {url}" for text, url in links.items()))
     return {"rows": report["rows"], "seconds": seconds, "report_dir": str(folder),
             "mlflow_run_id": grid_run.run_id, "best": best,
-            "cells": [dict(vars(r), stages=run["stages"]) for r, run in zip(results, runs)]}
+            "cells": [dict(vars(r), stages=[vars(s) for s in run.stages]) for r, run in zip(results, runs)]}
 
 
 def grid_links(grid_run: Tracker, cell_run_ids: list[str]) -> dict[str, str]:

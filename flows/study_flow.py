@@ -1,5 +1,5 @@
 """Flow ``heft-study``: the grids of a study, nested under one MLflow parent run, then
-docs/results.md with its plots and diagnostics (heft.study_report).
+docs/results.md with its plots and diagnostics (study/assemble.py).
 
 Every grid's cells are validated before the first one trains.  Grids share the artifact
 store, so a rerun of a finished study retrains nothing and only rebuilds the document.
@@ -14,13 +14,14 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.grid_flow import heft_grid, plan_cells
+from flows.grid_flow import heft_grid
+from heft.grids.plan import plan_cells
 from heft.config import ConfigError
-from heft.store.fingerprints import Fingerprints
-from heft.study import assemble
-from heft.study.derived import write_derived_task
-from heft.study.grid import expand
-from heft.study.spec import load_study
+from heft.fingerprints import Fingerprints
+from study import assemble
+from study.derived import write_derived_task
+from heft.grids.spec import expand
+from study.spec import load_study
 from heft.tracking import Tracker
 
 DEFAULT_STUDY = "deployments/study/minilm.yaml"
@@ -60,11 +61,8 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
         wall = time.perf_counter() - started
         args = " ".join(overrides or [])
         make = f"make results STUDY={study}" + (f' ARGS="{args}"' if args else "")
-        commands = [f"- Everything above, from an empty cache: `{make}` "
-                    f"(= `heft study --study {study}{' ' + args if args else ''}`).",
-                    "- Only the document, from a filled cache: the same command (every stage is cached).",
-                    "- On Llama-2-7B on a GPU work pool: `prefect deployment run heft-study/llama2-7b` "
-                    "(deployments/study/llama2-7b.yaml; writes docs/results-llama2-7b.md)."]
+        heft = f"heft study --study {study}{' ' + args if args else ''}"
+        commands = [line.format(make=make, heft=heft) for line in spec.reproduce]
         report = assemble.write_results(spec, grids, run_ids, results or spec.results, wall, commands)
         run.log_metrics(report["metrics"] | {"wall_seconds": wall})
         for run_id, metrics in report["cell_metrics"].items():

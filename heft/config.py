@@ -19,7 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("heft", "lora-only", "reft-only", "reft-lora", "base")
+from heft.modes import MODES
+
 FAMILIES = ("auto", "causal-lm", "seq-cls")
 FORMATS = ("passage", "question")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -257,7 +258,7 @@ class RunConfig:
 
     def __post_init__(self):
         check_types(self, "")
-        _require(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        _require(self.mode in MODES, "mode", self.mode, f"one of {tuple(MODES)}")
         for name in ("artifact_root", "tracking_uri", "experiment"):
             value = getattr(self, name)
             _require(bool(value) and "{{" not in value, name, value,

@@ -1,17 +1,10 @@
 """A run's plan: every step (stage, config, parent, key), computed once before anything runs.
 
-The chain per mode (stage 1 = LoRA, stage 2 = ReFT; data, base, merge and evaluate around them):
-
-    heft:      data -> base -> lora -> merge -> reft      evaluates lora, merged, heft
-    lora-only: data -> base -> lora -> merge              evaluates lora, merged
-    reft-only: data -> base -> reft                       evaluates reft
-    reft-lora: data -> base -> reft -> lora (the intervention frozen while LoRA trains;
-               its reft step is reft-only's)              evaluates reft, reft-lora
-    base:      data -> base                               evaluates base
-
-Each step's key is ``stage_key(stage, config, parent key, inputs)``; the data step's inputs
-are its source files' fingerprint and the base step's the model weights' fingerprint, so
-every key below depends on both.  Validation, the flows, the Prefect tasks (their cache
+The steps are the mode's chain (heft/modes.py) after ``data -> base``, each stage on the one
+before, plus one evaluation step per evaluation the mode names.  Each step's key is
+``stage_key(stage, config, parent key, inputs)``; the data step's inputs are its source files'
+fingerprint and the base step's the model weights' fingerprint (heft/fingerprints.py), so
+every key below depends on both.  Validation, the runners, the Prefect tasks (their cache
 keys), the build lock and the stage functions all read ``Step.key``; nothing recomputes it.
 """
 from __future__ import annotations
@@ -22,14 +15,11 @@ from typing import Any
 
 from heft.config import DataConfig, RunConfig
 from heft.modeling.precision import resolved
-from heft.store.fingerprints import Fingerprints
+from heft.modes import MODES, Mode
+from heft.fingerprints import Fingerprints
 from heft.store.keys import stage_key
 
-# The evaluation that scores what each mode produces (the others score intermediate steps).
-FINAL_EVAL = {"heft": "heft", "lora-only": "merged", "reft-only": "reft", "reft-lora": "reft-lora",
-              "base": "base"}
-TRAINS = {"heft": ("lora", "reft"), "lora-only": ("lora",), "reft-only": ("reft",),
-          "reft-lora": ("reft", "lora"), "base": ()}
+EVAL_PREFIX = "eval:"
 
 
 @dataclass(frozen=True)
@@ -41,11 +31,12 @@ class Step:
     key: str
     parent_key: str | None
     inputs: dict = field(default_factory=dict)  # content fingerprints hashed into the key
+    evaluation: str = ""       # an evaluate step: which evaluation it is ('merged', 'heft', ...)
 
     @property
     def label(self) -> str:
         """'lora', or 'evaluate:merged' for an evaluation (Prefect task and MLflow run names)."""
-        return f"evaluate:{self.name[5:]}" if self.stage == "evaluate" else self.stage
+        return f"evaluate:{self.evaluation}" if self.evaluation else self.stage
 
 
 @dataclass(frozen=True)
@@ -67,25 +58,37 @@ class Plan:
         return next((s for s in self.steps if s.key == step.parent_key), None)
 
     @property
+    def mode(self) -> Mode:
+        return MODES[self.config.mode]
+
+    @property
     def evaluations(self) -> dict[str, Step]:
         """{'merged': step, 'heft': step, ...}"""
-        return {s.name[5:]: s for s in self.steps if s.stage == "evaluate"}
+        return {s.evaluation: s for s in self.steps if s.evaluation}
 
     @property
     def final(self) -> Step:
-        return self[f"eval:{FINAL_EVAL[self.config.mode]}"]
+        """The evaluation whose model is the run's result."""
+        return self.evaluations[self.mode.final]
+
+    @property
+    def last_trained(self) -> Step | None:
+        """The last training step: its validation accuracy after the last epoch is the run's."""
+        trains = self.mode.trains
+        return self[trains[-1]] if trains else None
 
 
 def trained_epochs(cfg: RunConfig) -> dict[str, int]:
     """{training stage: epochs} for the stages cfg.mode trains, e.g. {'lora': 3, 'reft': 1}."""
-    return {stage: getattr(cfg, stage).epochs for stage in TRAINS[cfg.mode]}
+    return {stage: getattr(cfg, stage).epochs for stage in MODES[cfg.mode].trains}
 
 
-def make_step(stage: str, name: str, config: Any, parent: Step | None, inputs: dict | None = None) -> Step:
+def make_step(stage: str, name: str, config: Any, parent: Step | None, inputs: dict | None = None,
+              evaluation: str = "") -> Step:
     """The step of ``stage`` on ``parent``: the one place a key is computed."""
     parent_key = parent.key if parent else None
     key = stage_key(stage, config, parent_key, inputs)
-    return Step(stage, name, config, key, parent_key, dict(inputs or {}))
+    return Step(stage, name, config, key, parent_key, dict(inputs or {}), evaluation)
 
 
 def data_step(cfg: DataConfig, fingerprints: Fingerprints | None = None) -> Step:
@@ -97,28 +100,24 @@ def plan(cfg: RunConfig, fingerprints: Fingerprints | None = None) -> Plan:
     """The steps of ``cfg.mode``.  Reads the data files and hashes the model folder once
     (pass one ``Fingerprints`` to plan many configs over the same sources)."""
     fingerprints = fingerprints or Fingerprints()
-    steps: list[Step] = []
-
-    def add(stage: str, name: str, config: Any, parent: Step | None, inputs: dict | None = None) -> Step:
-        steps.append(make_step(stage, name, config, parent, inputs))
-        return steps[-1]
-
+    mode = MODES[cfg.mode]
     data = data_step(cfg.data, fingerprints)
-    steps.append(data)
     # 'auto' precision becomes what this machine does: bf16-trained weights get their own keys
     model = dataclasses.replace(cfg.model, autocast=resolved(cfg.model.autocast))
-    base = add("base", "base", model, data, {"weights": fingerprints.model(cfg.model)})
-    if cfg.mode == "base":
-        add("evaluate", "eval:base", cfg.eval, base)
-    if cfg.mode in ("heft", "lora-only"):
-        lora = add("lora", "lora", cfg.lora, base)
-        merge = add("merge", "merge", cfg.merge, lora)
-        add("evaluate", "eval:lora", cfg.eval, lora)
-        add("evaluate", "eval:merged", cfg.eval, merge)
-    if cfg.mode in ("heft", "reft-only", "reft-lora"):
-        reft = add("reft", "reft", cfg.reft, merge if cfg.mode == "heft" else base)
-        add("evaluate", "eval:" + ("heft" if cfg.mode == "heft" else "reft"), cfg.eval, reft)
-    if cfg.mode == "reft-lora":
-        lora = add("lora", "lora", cfg.lora, reft)
-        add("evaluate", "eval:reft-lora", cfg.eval, lora)
+    base = make_step("base", "base", model, data, {"weights": fingerprints.model(cfg.model)})
+    steps, by_stage, waiting = [data, base], {"base": base}, []
+
+    def evaluate_built() -> None:  # what is built so far is scored before the next training stage
+        steps.extend(make_step("evaluate", EVAL_PREFIX + name, cfg.eval, by_stage[of], evaluation=name)
+                     for name, of in waiting)
+        waiting.clear()
+    parent = base
+    for stage in mode.chain:
+        if stage in ("lora", "reft"):
+            evaluate_built()
+        parent = by_stage[stage] = make_step(stage, stage, getattr(cfg, stage), parent)
+        steps.append(parent)
+        waiting += [(name, of) for name, of in mode.evaluations if of == stage]
+    waiting += [(name, of) for name, of in mode.evaluations if of == "base"]
+    evaluate_built()
     return Plan(cfg, tuple(steps))

@@ -5,18 +5,23 @@ config (artifact root normalised), tags = code version, mode, model and the Pref
 the dataset input (digest = the data key), then the results
 under the vocabulary's names (heft/tracking/vocabulary.py) and the model: the final
 evaluation, tagged, and logged as an MLflow model unless an earlier run logged it.
-The flows ``heft`` and ``heft-grid`` both use it, so a cell reads like a run.
+The flows ``heft`` and ``heft-grid`` both use it, so a cell reads like a run, and both get
+the same ``RunResult`` (heft/run/result.py) from ``finish``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
 from heft.config import flat_params
-from heft.plan import FINAL_EVAL, TRAINS, Plan, trained_epochs
+from heft.plan import Plan, trained_epochs
+from heft.run.result import RunResult, StageRow, run_result, summary
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.tracking import Tracker, find_logged_model
 from heft.tracking.context import dataset_input, source_tags
-from heft.tracking.client import client, soft
+from heft.tracking.client import client, soft, ui_url
 from heft.tracking.vocabulary import pipeline_metrics
 from tasks.models import log_model_task
 
@@ -48,24 +53,46 @@ class PipelineRun:
         interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
         self.close("KILLED" if interrupted else "FAILED" if exc_type else "FINISHED")
 
-    def finish_with(self, out: dict[str, Artifact]) -> dict:
-        """Log results, dataset and model; returns {'results', 'model', 'validation_accuracy'}."""
+    def finish(self, artifacts: dict[str, Artifact], rows: list[StageRow]) -> RunResult:
+        """Log results, dataset and model, publish the Prefect summary; the run's ``RunResult``.
+        ``artifacts``: {step name: artifact} in plan order; ``rows``: what each step did."""
         cfg, run = self.planned.config, self.run
-        results = {name[5:]: art.metrics for name, art in out.items() if name.startswith("eval:")}
-        valid = validation_accuracy(self.planned, out)
-        final = FINAL_EVAL[cfg.mode]
-        run.log_metrics(pipeline_metrics(results, final, valid, sum(trained_epochs(cfg).values())))
-        data = out["data"]
-        rows = {s: int(data.metrics.get(f"n_{s}", 0)) for s in ("train", "valid", "eval")}
+        result = run_result(self.planned, artifacts, rows, mlflow_run_id=run.run_id,
+                            flow_run_id=flow_run_id())
+        run.log_metrics(pipeline_metrics(result.results, result.final, result.validation_accuracy,
+                                         sum(trained_epochs(cfg).values())))
+        data = artifacts["data"]
+        counts = {s: int(data.metrics.get(f"n_{s}", 0)) for s in ("train", "valid", "eval")}
         soft(client(run.uri).log_inputs, run.run_id,
-             datasets=[dataset_input(data.key, cfg.data.source, cfg.data.eval_source, rows)],
+             datasets=[dataset_input(data.key, cfg.data.source, cfg.data.eval_source, counts)],
              what="log dataset")
-        m = results[final]
+        m = result.metrics
         note = (f"held-out accuracy {m['accuracy']:.2%} (95% CI {m['ci95_low']:.2%}-"
                 f"{m['ci95_high']:.2%}), majority rate {m['majority_rate']:.2%}")
         run.set_tags({"mlflow.note.content": note})
-        model = model_of_run(run, self.store, out[self.planned.final.name])
-        return {"results": results, "model": model, "validation_accuracy": valid}
+        model = model_of_run(run, self.store, artifacts[self.planned.final.name])
+        publish_summary(self.planned, rows, summary(self.planned, artifacts), run, model)
+        return dataclasses.replace(result, model=model)
+
+
+def publish_summary(planned: Plan, rows: list[StageRow], text: str, run: Tracker, model: dict) -> None:
+    """Prefect artifacts of this configuration: the summary (one key per final evaluation, so
+    runs of different configs do not collapse into one card) and links to MLflow."""
+    key = planned.final.key[:16]
+    table = "\n".join(f"| {r.stage} | `{r.key}` | {r.state} | {r.cache} |" for r in rows)
+    markdown = f"```\n{text}\n```\n\n| stage | key | state | cache |\n|---|---|---|---|\n{table}"
+    create_markdown_artifact(key=f"heft-summary-{key}", description="HEFT held-out accuracies",
+                             markdown=markdown)
+    create_link_artifact(ui_url(run.uri, run.experiment_id, run.run_id), link_text="MLflow run",
+                         key=f"mlflow-run-{key}", description="the pipeline's MLflow run")
+    create_link_artifact(ui_url(run.uri, run.experiment_id, model["uri"].split("/")[1]) + "&tab=artifacts",
+                         link_text=f"MLflow model {model['uri']}", key=f"mlflow-model-{key}",
+                         description=f"heft predict --model {model['key']}")
+
+
+def flow_run_id() -> str:
+    from prefect.runtime import flow_run
+    return str(flow_run.id) if flow_run.id else ""
 
 
 def flow_run_tags() -> dict[str, str]:
@@ -79,13 +106,6 @@ def flow_run_tags() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - no UI configured
         pass
     return tags
-
-
-def validation_accuracy(planned: Plan, out: dict[str, Artifact]) -> float | None:
-    """The validation accuracy of the model the run produced: its last training stage's after
-    the last epoch (the rows carved out for model selection, never the held-out ones)."""
-    trained = TRAINS[planned.config.mode]
-    return out[trained[-1]].metrics.get("final_valid_accuracy") if trained else None
 
 
 def model_of_run(run: Tracker, store: ArtifactStore, final: Artifact) -> dict:

@@ -9,13 +9,12 @@ config, not a blip; the others retry transient storage faults.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prefect import task
 from prefect.logging import get_run_logger
 
-from heft.plan import Step
 from heft.progress import Progress
+from heft.run.execute import Outcome
+from heft.plan import Step
 from heft.stages import run_step
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.fs import normalize_root
@@ -127,20 +126,8 @@ STAGE_TASKS = {"data": data_task, "base": base_task, "lora": lora_task, "merge":
                "reft": reft_task, "evaluate": evaluate_task}
 
 
-@dataclass(frozen=True)
-class StepResult:
-    step: Step
-    artifact: Artifact
-    state: str        # Prefect's state name: Completed, Cached
-    reused: bool      # the artifact was in the store before the task ran
-
-    def row(self) -> dict:
-        return {"stage": self.step.stage, "key": self.step.key, "state": self.state,
-                "cache": "reused" if self.reused else "ran"}
-
-
 def run_step_task(step: Step, parent: Artifact | None, store: ArtifactStore, pipeline: Tracker,
-                  reused: bool) -> StepResult:
+                  reused: bool) -> Outcome:
     """Run ``step`` as its stage task.  A step to build gets an MLflow stage run nested under
     ``pipeline`` (per-step curves live, files, final metrics); a step already in the store gets
     none, only a link on ``pipeline`` to the run that built it, so a cached rerun adds one run.
@@ -152,12 +139,12 @@ def run_step_task(step: Step, parent: Artifact | None, store: ArtifactStore, pip
         state = task(step, parent, store.root, None, return_state=True)
         art = state.result()
         link_builder(pipeline, step, art)
-        return StepResult(step, art, state.name, reused)
+        return Outcome(step, art, state.name, reused)
     with pipeline.child(step.label, stage_params(step.stage, step.config)) as run:
         state = task(step, parent, store.root, run, return_state=True)
         art = state.result()
         run.record_artifact(art, local_dir=store.local_path(art))
-    return StepResult(step, art, state.name, reused)
+    return Outcome(step, art, state.name, reused)
 
 
 def link_builder(pipeline: Tracker, step: Step, art: Artifact) -> None:

@@ -12,7 +12,7 @@ import torch
 import heft
 from heft.config import LoraConfig, ReftConfig
 from heft.modeling.models import transformer_layers
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from heft.store.artifacts import ArtifactStore
 from heft.store.checkpoints import EpochCheckpoints, trajectory_key
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 from heft.plan import plan
 from heft.progress import Progress
 from heft.stages import run_step

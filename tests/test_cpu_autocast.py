@@ -16,7 +16,7 @@ from heft.modeling import precision
 from heft.plan import plan
 from heft.presets import load_run_config
 from heft.store.artifacts import ArtifactStore
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 
 
 def dtypes(path) -> set[str]:

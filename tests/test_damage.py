@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from heft.config import LoraConfig
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 from heft.store.artifacts import ArtifactStore
 
 

@@ -8,8 +8,8 @@ import torch
 
 from heft.data.sources import validate_rows
 from heft.stats import mcnemar, paired_seeds
-from heft.study.derived import passage_match, write_derived_task
-from heft.study.diagnostics import flips, intruders, spectrum, updated_weights
+from study.derived import passage_match, write_derived_task
+from heft.grids.diagnostics import flips, intruders, spectrum, updated_weights
 
 
 def spectrum_matrix(n=64, seed=0):

@@ -179,7 +179,7 @@ def test_same_seed_gives_identical_metrics_and_weights(reference, keyword_data, 
 def test_nan_loss_stops_the_stage_naming_the_step_and_caches_nothing(stories, keyword_data, tmp_path,
                                                                       monkeypatch):
     from heft.modeling import training
-    from heft.pipeline import run_pipeline
+    from heft.run.execute import run_pipeline
     from heft.presets import load_run_config
     cfg = load_run_config("deployments/stories-boolq.yaml", overrides(keyword_data, tmp_path / "art"))
     real, calls = training.models.loss_fn, []

@@ -18,7 +18,7 @@ def cfg(stories, keyword_data, tmp_path_factory):
 
 
 def states(result):
-    return {(s["stage"], i): (s["state"], s["cache"]) for i, s in enumerate(result["stages"])}
+    return {(s.stage, i): (s.state, s.cache) for i, s in enumerate(result.stages)}
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +31,21 @@ def runs(harness, cfg):
 
 def test_first_run_trains_every_stage(runs):
     first, _, _ = runs
-    assert [s["stage"] for s in first["stages"]] == ["data", "base", "lora", "merge", "evaluate", "evaluate",
+    assert [s.stage for s in first.stages] == ["data", "base", "lora", "merge", "evaluate", "evaluate",
                                                     "reft", "evaluate"]
-    assert all(s["state"] == "Completed" for s in first["stages"] if s["stage"] != "base")
-    assert set(first["results"]) == {"lora", "merged", "heft"}
+    assert all(s.state == "Completed" for s in first.stages if s.stage != "base")
+    assert set(first.results) == {"lora", "merged", "heft"}
 
 
 def test_rerun_is_fully_cached_with_same_results(runs):
     first, second, _ = runs
-    assert all(s["state"] == "Cached" and s["cache"] == "reused" for s in second["stages"])
-    assert second["results"] == first["results"]
+    assert all(s.state == "Cached" and s.cache == "reused" for s in second.stages)
+    assert second.results == first.results
 
 
 def test_reft_layer_change_reruns_only_reft_and_its_evaluation(runs):
     _, _, moved = runs
-    by_stage = [(s["stage"], s["state"]) for s in moved["stages"]]
+    by_stage = [(s.stage, s.state) for s in moved.stages]
     assert by_stage == [("data", "Cached"), ("base", "Cached"), ("lora", "Cached"), ("merge", "Cached"),
                         ("evaluate", "Cached"), ("evaluate", "Cached"), ("reft", "Completed"),
                         ("evaluate", "Completed")]
@@ -55,16 +55,16 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     from mlflow import MlflowClient
     first, second, _ = runs
     client = MlflowClient(cfg.tracking_uri)
-    parent = client.get_run(first["mlflow_run_id"])
+    parent = client.get_run(first.mlflow_run_id)
     assert parent.data.params["lora.rank"] == "8" and parent.data.params["reft.layer"] == "3"
-    assert parent.data.metrics["heldout_accuracy"] == first["results"]["heft"]["accuracy"]
-    assert parent.data.metrics["heldout_accuracy_merged"] == first["results"]["merged"]["accuracy"]
+    assert parent.data.metrics["heldout_accuracy"] == first.results["heft"]["accuracy"]
+    assert parent.data.metrics["heldout_accuracy_merged"] == first.results["merged"]["accuracy"]
     exp = parent.info.experiment_id
-    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'")
     assert sorted(r.info.run_name for r in children) == sorted(
         ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merged", "reft", "evaluate:heft"])
     lora = next(r for r in children if r.info.run_name == "lora")
-    assert lora.data.tags["heft.key"] == first["stages"][2]["key"] and lora.data.params["lora.alpha"] == "32"
+    assert lora.data.tags["heft.key"] == first.stages[2].key and lora.data.params["lora.alpha"] == "32"
     # per-epoch validation on the optimizer-step axis (120 rows / 16 = 8 steps an epoch), and
     # the step-level loss with more points than epochs
     valid = client.get_metric_history(lora.info.run_id, "valid_accuracy")
@@ -72,9 +72,9 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     steps = client.get_metric_history(lora.info.run_id, "train_loss")
     assert len(steps) > len(valid) and all(1 <= m.step <= 16 for m in steps)
     # the fully cached rerun adds one run and no stage runs: it links to the runs that built them
-    cached = client.search_runs([exp], f"tags.mlflow.parentRunId = '{second['mlflow_run_id']}'")
+    cached = client.search_runs([exp], f"tags.mlflow.parentRunId = '{second.mlflow_run_id}'")
     assert cached == []
-    rerun = client.get_run(second["mlflow_run_id"]).data.tags
+    rerun = client.get_run(second.mlflow_run_id).data.tags
     built_by = {r.info.run_name: r.info.run_id for r in children}
     assert rerun["heft.built_by.lora"] == built_by["lora"]
     assert rerun["heft.built_by.evaluate.heft"] == built_by["evaluate:heft"]
@@ -121,9 +121,9 @@ def test_every_logged_metric_is_one_vocabulary_name_of_its_level(runs, cfg):
     level_of = {"lora": "training", "reft": "training", "data": "other stages", "merge": "other stages",
                 "base": "other stages"}
     client = MlflowClient(cfg.tracking_uri)
-    parent = client.get_run(first["mlflow_run_id"])
+    parent = client.get_run(first.mlflow_run_id)
     children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'")
+                                  f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'")
     seen = set()
     for run in [parent, *children]:
         name = run.info.run_name

@@ -3,7 +3,7 @@ import pytest
 
 from heft.store.artifacts import ArtifactStore
 from heft.store.keys import stage_key
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 from heft.presets import load_run_config
 
 

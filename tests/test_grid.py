@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from heft.config import ConfigError
-from heft.study.grid import GridSpec, expand, load_grid
+from heft.grids.spec import GridSpec, expand, load_grid
 
 GRIDS = sorted(Path("deployments/grids").glob("*.yaml"))
 STORIES_PRESET = "deployments/stories-boolq.yaml"
@@ -93,7 +93,7 @@ def test_prefect_yaml_grid_deployments_point_at_heft_grid():
 
 
 def test_studies_resolve_to_the_paper_settings_and_the_scaled_minilm_ones():
-    from heft.study.spec import load_study
+    from study.spec import load_study
 
     def depth(name):
         return 32 if "Llama" in name else 6

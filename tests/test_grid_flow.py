@@ -4,7 +4,7 @@ import pytest
 
 from flows.grid_flow import heft_grid
 from heft.store.artifacts import ArtifactStore
-from heft.study.grid import load_grid
+from heft.grids.spec import load_grid
 
 SHARED_STAGES = ["data", "lora", "merge", "evaluate", "evaluate"]
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from heft.study.grid import load_grid
-from heft.study.grid_plan import GPU_STAGES
+from heft.grids.spec import load_grid
+from heft.grids.plan import GPU_STAGES
 
 pytest.importorskip("prefect_dask")
 

@@ -72,7 +72,7 @@ def test_every_included_field_changes_the_key_and_excluded_ones_do_not(cfg):
 
 
 def test_meta_json_can_reproduce_the_key(tiny_config, tmp_path):
-    from heft.pipeline import run_pipeline
+    from heft.run.execute import run_pipeline
     out = run_pipeline(tiny_config(tmp_path, mode="base"))
     for art in out.values():
         meta = json.loads((tmp_path / art.stage / art.key / "meta.json").read_text())

@@ -1,7 +1,7 @@
 """Slow (make test-slow): the embedded default preset end to end, as `make demo` runs it."""
 import pytest
 
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 from heft.presets import load_run_config
 
 

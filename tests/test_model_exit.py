@@ -32,7 +32,7 @@ def trained(harness, tiny_config, tmp_path_factory):
                       lora=LoraConfig(epochs=2, lr=1e-2), reft=ReftConfig(epochs=2, lr=1e-2, layer=1))
     result = heft_flow(cfg)
     store = ArtifactStore(cfg.artifact_root)
-    evaluation = store.find("evaluate", result["model"]["key"])
+    evaluation = store.find("evaluate", result.model["key"])
     return {"tmp": tmp, "cfg": cfg, "result": result, "store": store, "evaluation": evaluation}
 
 
@@ -66,8 +66,8 @@ def test_load_by_every_kind_of_reference(trained):
     refs = {"evaluation key": (evaluation.key, {"root": store.root}),
             "model key": (model_key, {"root": store.root}),
             "artifact folder": (evaluation.uri, {}),
-            "mlflow run id": (result["mlflow_run_id"], {"tracking_uri": tracking}),
-            "runs:/ uri": (result["model"]["uri"], {"tracking_uri": tracking})}
+            "mlflow run id": (result.mlflow_run_id, {"tracking_uri": tracking}),
+            "runs:/ uri": (result.model["uri"], {"tracking_uri": tracking})}
     want = [p["score_true"] for p in preds[:20]]
     for name, (ref, kw) in refs.items():
         got = [o["score_true"] for o in heft.load(ref, **kw).predict(rows[:20])]
@@ -118,7 +118,7 @@ def test_mlflow_pyfunc_model_loads_and_predicts(trained):
     import pandas as pd
     rows, preds = heldout(trained)
     mlflow.set_tracking_uri(trained["cfg"].tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(trained["result"]["model"]["uri"])
+    pyfunc = mlflow.pyfunc.load_model(trained["result"].model["uri"])
     frame = pd.DataFrame([{"question": r["question"], "passage": r["passage"]} for r in rows[:10]])
     out = pyfunc.predict(frame)
     assert list(out.columns) == ["label", "probability", "score_false", "score_true"]
@@ -130,7 +130,7 @@ def test_registry_alias_and_the_served_model_answers_rest(trained, tmp_path):
     import mlflow
     from mlflow import MlflowClient
     from heft.inference.mlflow_model import register
-    run_id = trained["result"]["model"]["uri"].split("/")[1]
+    run_id = trained["result"].model["uri"].split("/")[1]
     tracking = trained["cfg"].tracking_uri
     version = register("heft-test", run_id, tracking, {"heft.cell": "tiny", "valid_accuracy": 1.0})
     client = MlflowClient(tracking, registry_uri=tracking)
@@ -203,7 +203,7 @@ def test_bad_references_and_rows_fail_before_any_weights_load(trained, tmp_path,
     unfinished.mkdir(parents=True)
     with pytest.raises(ConfigError, match="unfinished"):
         resolve(str(unfinished), root)
-    lora_key = next(s["key"] for s in trained["result"]["stages"] if s["stage"] == "lora")
+    lora_key = next(s.key for s in trained["result"].stages if s.stage == "lora")
     lora = trained["store"].find("lora", lora_key)
     not_evaluated = tmp_path / "copy"
     ArtifactStore(str(not_evaluated))  # a root holding only the LoRA artifact: never evaluated

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from heft.modeling import models
 from heft.store.artifacts import ArtifactStore
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 
 
 def dtypes(path) -> set[str]:

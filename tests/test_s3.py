@@ -3,7 +3,7 @@ import pytest
 
 from heft.store.artifacts import ArtifactStore
 from heft.config import DataConfig, LoraConfig, ModelConfig, ReftConfig, RunConfig
-from heft.pipeline import run_pipeline
+from heft.run.execute import run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_the_gguf_model_resolves_and_its_config_reads(boolq_validation):
 def test_a_few_lora_steps_lower_the_loss_and_scoring_matches_evaluation(boolq_validation, tmp_path):
     import heft
     from heft.data.sources import read_split
-    from heft.pipeline import run_pipeline
+    from heft.run.execute import run_pipeline
     from heft.presets import load_run_config
     from heft.store.artifacts import ArtifactStore
     cfg = load_run_config(PRESET, [f"artifact_root={tmp_path}", "mode=lora-only", "data.max_train=16",

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from flows.study_flow import heft_study
-from heft.study.grid import load_grid
-from heft.study.spec import gather
+from heft.grids.spec import load_grid
+from study.spec import gather
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_with_live_logging(tiny_config, tmp_path, tracker):
-    from heft.pipeline import run_plan
+    from heft.run.execute import run_plan
     from heft.plan import plan
     cfg = tiny_config(tmp_path / "art", mode="lora-only", lora=LoraConfig(epochs=2, lr=1e-2))
     return run_plan(plan(cfg), progress=tracker.progress(every=2))

@@ -131,8 +131,9 @@ def test_validation_skips_what_finished_artifacts_prove(stories, keyword_data, t
     import subprocess
     import sys
     from heft import validate as v
-    from heft.pipeline import run_pipeline
-    from heft.plan import FINAL_EVAL, plan
+    from heft.run.execute import run_pipeline
+    from heft.modes import MODES
+    from heft.plan import plan
     from heft.presets import load_run_config
     overrides = [f"artifact_root={tmp_path}/art", f"data.source={keyword_data}", f"mode={mode}",
                  "data.holdout_size=40", "data.valid_size=20", "data.max_train=60",
@@ -151,12 +152,12 @@ def test_validation_skips_what_finished_artifacts_prove(stories, keyword_data, t
     checked = v.validate(plan(cfg))
     assert checked.all_built and len(checked.built) == len(out) and checked.model is None
     # ... and a fully cached check imports neither torch nor transformers
-    probe = ("import sys; from heft.presets import load_run_config; from heft.validate import validate; "
+    probe = ("import sys; from heft.presets import load_run_config; from heft.run.validate import validate; "
              "from heft.plan import plan; "
              f"c = validate(plan(load_run_config({PRESET!r}, {overrides!r}))); print(len(c.built), c.model, "
              "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == f"{len(out)} None []"
-    shutil.rmtree(out[f"eval:{FINAL_EVAL[mode]}"].uri)  # something to build: the model is checked,
+    shutil.rmtree(out[f"eval:{MODES[mode].final}"].uri)  # something to build: the model is checked,
     assert v.validate(plan(cfg)).model["depth"] > 0
     assert len(built) == 1  # but the finished LoRA artifact still stands for the module-name check

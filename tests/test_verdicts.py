@@ -5,9 +5,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from heft.study import tables, verdicts
+from heft.presets import read_preset
+from study import tables, verdicts
 
 PAPER = {"HEFT 3+3": 85.17, "LoRA-only 20": 85.05}
+FACTS = read_preset("deployments/study/paper.yaml")  # the section headings results.md numbers
+GPU = {"cells": "smollm2", "title": "SmolLM2-135M-Instruct on a GPU", "about": "bf16 weights"}
+
+
+def render(name: str, setup: list[str], sections: dict) -> str:
+    from study import document
+    return document.render("HEFT", name, setup, sections, FACTS["sections"], FACTS["paper_model"])
 
 
 @dataclass
@@ -67,33 +75,33 @@ def test_the_learning_sentence_follows_the_intervals():
 def test_sections_without_a_grid_are_left_out_and_named():
     """A study without the ablation and other-task grids (deployments/study/minilm-core.yaml):
     no empty section 4 or 5 and no link to a stale plot; the setup says they are not in it."""
-    from heft.study import document
     base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
             "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [],
             "reproduce": []}
-    text = document.render("core", ["- setup"], base)
+    text = render("core", ["- setup"], base)
     assert "## 4." not in text and "## 5." not in text and "ablation.png" not in text
     assert "## 6. Intruder dimensions" in text and "## 3. Accuracy vs. epochs" in text
-    assert ("- Not in this study (its spec runs no grid for them): section 0 (the recipe search), "
-            "section 4 (sensitivity: the ablation grid), section 5 (other task formats and tasks).") in text
+    assert ("- Not in this study (its spec runs no grid for them): 0. A recipe that learns (chosen on the "
+            "validation rows only); 4. Sensitivity: ReFT layer, low-rank dimension, positions, LoRA rank; "
+            "5. Other task formats and tasks.") in text
     row = {"label": "ReFT rank 2", "mean": 62.0, "std": 0.0, "ci95_low": 60.0, "ci95_high": 64.0,
            "acc": [62.0], "valid": 65.0, "train_s": 10, "epochs": {"reft": 1}, "majority": 62.17, "n": 600}
-    full = document.render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
+    full = render("full", [], dict(base, ablation_rows=[row], tasks=[("Questions only", [row])]))
     assert "## 4. Sensitivity" in full and "## 5. Other task formats" in full and "### Questions only" in full
     assert "Held out: 600 rows, majority rate 62.17%." in full  # each task grid says what it is out of
     assert "0 of 1 cells learn beyond it" in full  # and whether its cells learn (60.0 < 62.17)
-    learns = document.render("full", [], dict(base, tasks=[("Questions only", [dict(row, ci95_low=63.0)])]))
+    learns = render("full", [], dict(base, tasks=[("Questions only", [dict(row, ci95_low=63.0)])]))
     assert "1 of 1 cells learn beyond it" in learns
-    assert "section 4" not in full and "section 5" not in full
-    only_ablation = document.render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
+    assert "Not in this study" not in full
+    only_ablation = render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
     assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation
-    assert "section 5 (other task formats and tasks)" in only_ablation and "section 4" not in only_ablation
+    assert "no grid for them): 5. Other task formats and tasks." in only_ablation
 
 
 def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():
     """Section 0 names the recipe the other sections ran, read off their config: a study whose
     preset still runs another recipe must not claim it runs the chosen one."""
-    from heft.study import document
+    from study import document
     # recipes as assemble.recipe_of gives them: the config's MLflow params (lists comma-joined)
     new = {"lora.target_modules": "query,key,value,dense", "lora.rank": 16, "lora.lr": 5e-4}
     old = {"lora.target_modules": "query,value", "lora.rank": 8, "lora.lr": 2e-3}
@@ -112,7 +120,7 @@ def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():
 
 
 def test_the_seed_test_sentence_follows_the_number_of_seeds():
-    from heft.study import document
+    from study import document
     assert document.seed_test([{"seeds": [0, 1, 2]}]) == \
         "paired t-test over the seeds, 2 degrees of freedom with 3 seeds"
     assert document.seed_test([{"seeds": [0]}, {"seeds": [0]}]).startswith("no paired t-test: 1 seed")
@@ -125,9 +133,9 @@ def test_the_study_runs_the_recipe_search_winner_and_tells_the_recipes_apart():
     """On the real specs: the comparison's config is the recipe of the 'all linear r16' cell (the
     preset is that cell), and no other recipe of the search reads as the same one (pooling, rank
     and modules are all part of a recipe; epochs and row counts are not)."""
-    from heft.study.assemble import recipe_of
-    from heft.study.grid import expand
-    from heft.study.spec import load_study
+    from study.assemble import recipe_of
+    from heft.grids.spec import expand
+    from study.spec import load_study
     grids = {g.name: expand(g, depth_of=lambda n: 6)
              for g in load_study("deployments/study/minilm.yaml").grid_specs()}
     used = recipe_of(grids["study-comparison"][0].config)
@@ -144,7 +152,7 @@ def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_i
     import pytest
 
     from heft.config import ConfigError
-    from heft.study import document, measured
+    from study import measured
 
     def cell(name, acc, low, high):
         return {"cell": name, "accuracy": acc, "ci95": [low, high], "majority": 0.6217, "n": 3270,
@@ -159,8 +167,8 @@ def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_i
     base = {"recipes": [], "main_rows": [], "comparisons": [], "verdicts": [], "claims": [],
             "lora_targets": "q", "ablation_rows": [], "tasks": [], "spectra": [], "flips": [],
             "reproduce": []}
-    text = document.render("core", [], dict(base, measured=measured.load((str(path),))))
-    assert "## 5. Other task formats and tasks" in text and "section 5" not in text
+    text = render("core", [], dict(base, measured=measured.load((dict(GPU, record=str(path)),))))
+    assert "## 5. Other task formats and tasks" in text and "5. Other task formats and tasks." not in text
     assert "### SmolLM2-135M-Instruct on a GPU: NVIDIA H200, 2026-12-04" in text
     assert f"the record `{path}`, written by `python3 bench/gpu_check.py --rows 2000`" in text
     assert "| HEFT 3+3 | **67.98** | 66.36-69.56 | 46 |" in text
@@ -171,17 +179,17 @@ def test_a_gpu_record_is_shown_in_section_5_with_its_source_and_a_verdict_from_i
     # the verdict follows the numbers: lower HEFT's interval below the majority rate
     record["smollm2"][0] = cell("HEFT 3+3", 0.63, 0.6151, 0.6482)
     path.write_text(json.dumps(record))
-    text = document.render("core", [], dict(base, measured=measured.load((str(path),))))
+    text = render("core", [], dict(base, measured=measured.load((dict(GPU, record=str(path)),))))
     assert "0 of 2 cells learn beyond it" in text and "No cell clears the majority rate" in text
     del record["train_rows"]
     path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):
-        measured.load((str(path),))
+        measured.load((dict(GPU, record=str(path)),))
     # and a study naming that record fails when its spec is read, before any cell trains
     import yaml
 
-    from heft.study.spec import load_study
+    from study.spec import load_study
     spec = yaml.safe_load(open("deployments/study/minilm-core.yaml"))
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(dict(spec, measured=[str(path)])))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(dict(spec, measured=[dict(GPU, record=str(path))])))
     with pytest.raises(ConfigError, match=r"lacks \['train_rows'\]"):
         load_study(str(tmp_path / "study.yaml"))

@@ -65,7 +65,7 @@ MUTATIONS = [
              'if not f.metadata.get("key", True):',
              'if not f.metadata.get("key", True) or f.name == "layer":',
              ("tests/test_keys.py",)),
-    Mutation("validation skipped", "heft/validate.py",
+    Mutation("validation skipped", "heft/run/validate.py",
              "    store = check_artifact_root(cfg.artifact_root)\n",
              "    return Checked({}, len(the_plan.steps), {'family': '?', 'depth': 0, 'hidden_size': 0})\n",
              ("tests/test_validation.py::test_bad_input_is_refused_before_work",)),

@@ -2,7 +2,7 @@
 
 The artifact is its meta.json: the model config, the family, depth and hidden size read
 from the model's own config, and the weights' fingerprint that is part of its key (a folder
-digest or a hub commit, heft/store/fingerprints.py).  Every later stage reads the model
+digest or a hub commit, heft/fingerprints.py).  Every later stage reads the model
 description from here instead of opening the model config again.
 
 Weights are not copied, except from a GGUF file: transformers de-quantizes GGUF on every

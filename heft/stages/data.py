@@ -1,6 +1,6 @@
 """Data stage: load, validate and split the rows; write train/valid/eval JSONL.
 
-Its key hashes the data config and the source files' contents (heft/store/fingerprints.py),
+Its key hashes the data config and the source files' contents (heft/fingerprints.py),
 so an edited file is a new data artifact and everything downstream is rebuilt.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ recomputed from the artifact alone.  Canonical JSON has sorted keys, no whitespa
 fallback encoder: a value JSON cannot represent is an error, never a silent ``str()``.
 
 The same ``key_fields`` decides whether two grid cells compute the same thing
-(heft.study.grid.cell_identity).  Bump FORMAT_VERSION whenever the on-disk layout or the
+(heft.grids.spec.cell_identity).  Bump FORMAT_VERSION whenever the on-disk layout or the
 meaning of a key changes: artifacts of older versions are then simply not found.
 """
 from __future__ import annotations

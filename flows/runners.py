@@ -1,4 +1,11 @@
-"""Where a grid's steps run: threads of the flow process, a Dask cluster, or a work pool.
+"""The Prefect step runners (heft/run/execute.py: ``execute`` walks steps with a runner).
+
+* ``tasks_in_order``: the ``heft`` flow's steps one after the other, each a stage task with its
+  MLflow stage run.
+* ``on_task_runner``: a grid's unique steps all submitted at once to a Prefect task runner,
+  each with its parent's future, so independent branches run at the same time.
+
+Where a grid's steps run: threads of the flow process, a Dask cluster, or a work pool.
 
 * threads (default, ``workers`` N): Prefect's ThreadPoolTaskRunner with N threads; torch gets
   cores // N threads each, so N stages at once do not oversubscribe the CPU.
@@ -7,7 +14,7 @@
   1})``: a worker started with ``--resources GPU=1`` never runs two of them at once, so with
   one worker per GPU (``CUDA_VISIBLE_DEVICES`` per worker) every GPU runs one stage.
   ``dask=local`` starts a LocalCluster of ``workers`` processes, each with GPU=1.
-* work pool (``deployment=heft/boolq-llama2-7b``): heft/study fan_out in flows/grid_flow.py.
+* work pool (``deployment=heft/boolq-llama2-7b``): flows/grid_fanout.py (cells, not steps).
 Every engine gets the same unique steps, each once, its parent's future as its input.  MLflow
 stage runs are created and closed here, in the flow process; a worker logs its curves live
 only where that is safe (threads, or an MLflow server), else they are replayed afterwards.
@@ -24,12 +31,45 @@ from prefect.futures import as_completed
 
 from heft.config import ConfigError
 from heft.plan import Step
+from heft.run.execute import Outcome, Runner
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.damage import DamagedArtifact
-from heft.study.grid import GridSpec
-from heft.study.grid_plan import GPU_STAGES
-from heft.tracking import Tracker
-from tasks.stages import STAGE_TASKS
+from heft.grids.spec import GridSpec
+from heft.grids.plan import GPU_STAGES, GridPlan
+from heft.tracking import Tracker, stage_params
+from tasks.stages import STAGE_TASKS, run_step_task
+
+
+def tasks_in_order(store: ArtifactStore, pipeline: Tracker) -> Runner:
+    """Each step as its stage task, one after the other (the ``heft`` flow)."""
+    def run(steps: list[Step], built: set[str]) -> dict[str, Outcome]:
+        done: dict[str, Outcome] = {}
+        for step in steps:
+            parent = done[step.parent_key].artifact if step.parent_key else None
+            done[step.key] = outcome = run_step_task(step, parent, store, pipeline, step.key in built)
+            print(f"{step.stage:>8} {step.key} {outcome.state} ({'reused' if outcome.reused else 'ran'})")
+        return done
+    return run
+
+
+def on_task_runner(grid: GridPlan, store: ArtifactStore, cell_runs: list[Tracker], spec: GridSpec) -> Runner:
+    """Every unique step of a grid once, on the spec's task runner (threads or Dask); a step to
+    build gets its MLflow stage run under the first cell that uses it (``cell_runs[i]``)."""
+    live = not spec.dask or grid.plans[0].config.tracking_uri.startswith(("http://", "https://"))
+    threads = None if spec.dask else threads_per_worker(spec.workers)
+
+    def run(steps: list[Step], built: set[str]) -> dict[str, Outcome]:
+        runs = {s.key: cell_runs[grid.users[s.key][0]].child(s.label, stage_params(s.stage, s.config))
+                for s in steps if s.key not in built}  # only what will be built gets a run
+        flow = grid_steps.with_options(task_runner=task_runner(spec), flow_run_name=f"{spec.name}: steps")
+        try:
+            done = flow(steps, store.root, sorted(built), runs, live, bool(spec.dask), threads)
+        except DamagedArtifact:
+            for r in runs.values():
+                r.finish("FAILED")
+            raise
+        return {s.key: Outcome(s, done[s.key][0], done[s.key][1], s.key in built) for s in steps}
+    return run
 
 
 def threads_per_worker(workers: int) -> int:

@@ -1,16 +1,15 @@
 """The numbers of a study: per-cell accuracies by label, paired comparisons, curves,
-intruder dimensions and flips, all computed from cells read back by heft.study.spec.gather.
+intruder dimensions and flips, all computed from cells read back by study.spec.gather.
 Which comparisons and curves, and the paper's figures, come from the study spec."""
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
 
-from heft.plan import FINAL_EVAL, TRAINS
 from heft.stats import mcnemar, paired_seeds, wilson_interval
 from heft.store.artifacts import Artifact
-from heft.study.diagnostics import flips, spectrum
-from heft.study.spec import CellData
+from heft.grids.diagnostics import flips, spectrum
+from study.spec import CellData
 
 def by_label(cells: list[CellData]) -> dict[str, list[CellData]]:
     groups: dict[str, list[CellData]] = defaultdict(list)
@@ -40,7 +39,7 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
     for label, cs in by_label(cells).items():
         acc = [100 * c.accuracy for c in cs]
         first = cs[0]
-        finals = [c.artifacts["eval:" + _final(c)].metrics for c in cs]
+        finals = [c.final_metrics for c in cs]
         final = finals[0]
         correct = sum(round(c.accuracy * m["n"]) for c, m in zip(cs, finals))
         low, high = wilson_interval(correct, sum(m["n"] for m in finals))
@@ -57,14 +56,9 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
     return rows
 
 
-def _final(c: CellData) -> str:
-    return FINAL_EVAL[c.cell.method]
-
-
 def validation(c: CellData) -> float | None:
     """Validation accuracy (%) of the cell's final model: its last training stage's last epoch."""
-    trained = TRAINS[c.cell.method]
-    valid = c.artifacts[trained[-1]].metrics.get("final_valid_accuracy") if trained else None
+    valid = c.valid_accuracy
     return 100 * valid if valid is not None else None
 
 

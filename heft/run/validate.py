@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 from heft.config import ConfigError
 from heft.data.sources import split_rows
-from heft.pipeline import built
-from heft.plan import TRAINS, Plan
+from heft.run.execute import built
+from heft.modes import MODES
+from heft.plan import Plan
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.locks import LeaseLock
 from heft.tracking.client import probe
@@ -125,11 +126,12 @@ def validate(the_plan: Plan) -> Checked:
         hf_config = models.auto_config(cfg.model.name, cfg.model.gguf_file)  # unknown model fails here
     family = models.family_of(cfg.model, hf_config)
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
-    if "reft" in TRAINS[cfg.mode]:
+    trains = MODES[cfg.mode].trains
+    if "reft" in trains:
         check_reft_config(cfg.reft, depth, hidden)
     # the module-name check builds the model skeleton (about a second on a 6-block model);
     # a finished LoRA artifact for this very config proves the targets matched
-    if "lora" in TRAINS[cfg.mode] and "lora" not in done:
+    if "lora" in trains and "lora" not in done:
         from heft.stages.lora import target_modules
         skeleton = model_skeleton(family, hf_config)
         check_lora_rank(cfg.lora.rank, target_modules(cfg.lora, skeleton), skeleton)

@@ -16,14 +16,42 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from heft.plan import Plan, Step
-from heft.study.grid import Cell
+from heft.config import ConfigError
+from heft.fingerprints import Fingerprints
+from heft.grids.spec import Cell
+from heft.plan import Plan, Step, plan
+from heft.run.validate import validate
+from heft.store.artifacts import ArtifactStore
 
 # seconds per row, MiniLM-L6 at max_length 256 on 2 cores (bench/stage_profile.py): one LoRA
 # epoch, one ReFT epoch, one scoring pass; a merge and the data/base stages are nearly free
 SECONDS_PER_ROW = {"lora": 0.076, "reft": 0.045, "evaluate": 0.018}
 FIXED_SECONDS = {"data": 1.0, "base": 1.0, "merge": 4.0, "lora": 5.0, "reft": 5.0, "evaluate": 3.0}
 GPU_STAGES = ("lora", "merge", "reft", "evaluate")  # the stages that hold a model on a device
+
+
+def plan_cells(cells: list[Cell], fingerprints: Fingerprints | None = None) -> list[Plan]:
+    """Plan every cell (each source read once) and validate each distinct plan once, before
+    any cell trains; one MLflow store and one artifact root for the grid."""
+    if not cells:
+        raise ConfigError("the grid has no cells")
+    stores = {(c.config.tracking_uri, c.config.experiment) for c in cells}
+    if len(stores) > 1:
+        raise ConfigError(f"a grid logs to one MLflow experiment, the cells name {sorted(stores)}")
+    roots = {ArtifactStore(c.config.artifact_root).root for c in cells}
+    if len(roots) > 1:
+        raise ConfigError(f"a grid keeps its artifacts under one root, the cells name {sorted(roots)}")
+    fingerprints = fingerprints or Fingerprints()
+    plans, checked = [], set()
+    for cell in cells:
+        try:
+            plans.append(plan(cell.config, fingerprints))
+            if (identity := tuple(s.key for s in plans[-1].steps)) not in checked:
+                validate(plans[-1])
+                checked.add(identity)
+        except ConfigError as e:
+            raise ConfigError(f"grid cell {cell.label!r}: {e}") from None
+    return plans
 
 
 @dataclass

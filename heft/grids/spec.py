@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from heft.config import ConfigError, RunConfig
-from heft.plan import FINAL_EVAL, TRAINS, trained_epochs
+from heft.modes import MODES
+from heft.plan import trained_epochs
 from heft.presets import DEFAULT_PRESET, from_dict, merge_values, nested, parse_overrides, read_preset
 from heft.store.fs import normalize_root
 from heft.store.keys import canonical_json, key_fields
 
 LAYER_FRACTION = "reft.layer_fraction"
-METHOD_NAMES = {"heft": "HEFT (LoRA->ReFT)", "lora-only": "LoRA only", "reft-only": "ReFT only",
-                "reft-lora": "ReFT->LoRA", "base": "untrained base"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Cell:
 
     @property
     def final_eval(self) -> str:
-        return FINAL_EVAL[self.config.mode]
+        return MODES[self.config.mode].final
 
     @property
     def epochs(self) -> dict[str, int]:
@@ -106,6 +105,11 @@ class Cell:
     @property
     def run_name(self) -> str:
         return f"{self.label} seed={self.seed}"
+
+    def mlflow_tags(self, grid_name: str) -> dict[str, str]:
+        """The tags of the cell's MLflow run, wherever it runs (a thread, a work pool)."""
+        return {"heft.grid": grid_name, "heft.cell": self.label, "heft.method": self.method,
+                "heft.seed": str(self.seed)}
 
 
 def load_grid(path: str, overrides: list[str] = ()) -> GridSpec:
@@ -209,10 +213,8 @@ def model_depth(name: str) -> int:
 def cell_identity(cfg: RunConfig) -> str:
     """What a cell computes, as canonical JSON of the key fields (heft/store/keys.py) of the
     stage configs its mode uses (a lora-only cell ignores reft.*), its mode and its root."""
-    used = ["model", "data", "eval"] + list(TRAINS[cfg.mode])
-    used += ["merge"] if "lora" in TRAINS[cfg.mode] and cfg.mode != "reft-lora" else []
     return canonical_json({"mode": cfg.mode, "root": normalize_root(cfg.artifact_root),
-                           **{name: key_fields(getattr(cfg, name)) for name in used}})
+                           **{name: key_fields(getattr(cfg, name)) for name in MODES[cfg.mode].sections}})
 
 
 def spec_dict(spec: GridSpec, cells: list[Cell]) -> dict[str, Any]:

@@ -23,15 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heft.config import ConfigError
-from heft.pipeline import built
-from heft.plan import FINAL_EVAL, plan
+from heft.fingerprints import Fingerprints
+from heft.grids.spec import Cell, GridSpec, expand, load_grid
+from heft.plan import Plan, plan
 from heft.presets import read_preset
+from heft.run.execute import built
+from heft.run.result import validation_accuracy
 from heft.store.artifacts import Artifact, ArtifactStore
-from heft.store.fingerprints import Fingerprints
-from heft.study import measured
-from heft.study.grid import Cell, GridSpec, expand, load_grid
+from study import measured
 
-FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves")
+# the sections of results.md, in order (study/document.py): a study's facts give their headings
+SECTIONS = ("recipes", "comparison", "paired", "curves", "ablation", "tasks", "intruders", "flips")
+FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves", "title", "sections",
+         "paper_model", "reproduce")
 STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone", "measured") + FACTS
 
 
@@ -43,7 +47,7 @@ class StudySpec:
     derived: tuple[dict, ...] = ()
     results: str = "docs/results.md"
     standalone: tuple[str, ...] = ()       # grids the study's overrides do not apply to
-    measured: tuple[str, ...] = ()         # bench/gpu_check.py records shown in section 5
+    measured: tuple[dict, ...] = ()        # bench/gpu_check.py records shown beside the task grids
     main: str = ""                         # grid of the comparison sections (default: the first)
     ablation: str = ""                     # grid of the sensitivity section (optional)
     recipes: str = ""                      # grid of the recipe search (section 0, optional)
@@ -51,6 +55,10 @@ class StudySpec:
     paper: dict = field(default_factory=dict)        # cell label -> the paper's accuracy (%)
     comparisons: tuple = ()                # (a, b, question) rows of the paired table
     curves: tuple = ()                     # labels whose validation curves are drawn
+    title: str = ""                        # the document's title
+    sections: dict = field(default_factory=dict)     # section -> its numbered heading
+    paper_model: str = ""                  # the model the paper's figures are on
+    reproduce: tuple[str, ...] = ()        # the Reproduce lines; {make} and {heft} are the commands
 
     def __post_init__(self):
         if not self.name:
@@ -61,6 +69,10 @@ class StudySpec:
             if not Path(g).is_file():
                 raise ConfigError(f"study {self.name!r}: grid {g!r} does not exist")
         measured.load(self.measured)  # a missing or incomplete record fails before any training
+        missing = [s for s in SECTIONS if not self.sections.get(s)]
+        if not self.title or missing:
+            raise ConfigError(f"study {self.name!r}: its facts need a title and a heading for each section "
+                              f"(missing: {['title'] * (not self.title) + missing})")
         for d in self.derived:
             missing = {"task", "source", "out"} - set(d)
             if missing:
@@ -95,25 +107,38 @@ def load_study(path: str) -> StudySpec:
                      recipes=str(values.get("recipes") or ""),
                      titles=dict(values.get("titles") or {}), paper=dict(values.get("paper") or {}),
                      comparisons=tuple(tuple(c) for c in values.get("comparisons") or ()),
-                     curves=tuple(values.get("curves") or ()))
+                     curves=tuple(values.get("curves") or ()), title=str(values.get("title") or ""),
+                     sections=dict(values.get("sections") or {}),
+                     paper_model=str(values.get("paper_model") or ""),
+                     reproduce=tuple(values.get("reproduce") or ()))
 
 
 @dataclass
 class CellData:
     """One finished cell, read back from the artifact store."""
     cell: Cell
+    planned: Plan
     artifacts: dict[str, Artifact]
     store: ArtifactStore
     run_id: str = ""
     _preds: dict = field(default_factory=dict)
 
     @property
+    def final_metrics(self) -> dict:
+        """The held-out metrics of the cell's final evaluation."""
+        return self.artifacts[self.planned.final.name].metrics
+
+    @property
     def accuracy(self) -> float:
-        return self.artifacts["eval:" + FINAL_EVAL[self.cell.method]].metrics["accuracy"]
+        return self.final_metrics["accuracy"]
+
+    @property
+    def valid_accuracy(self) -> float | None:
+        return validation_accuracy(self.planned, self.artifacts)
 
     def predictions(self, evaluation: str | None = None) -> tuple[list[int], list[int]]:
         """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final)."""
-        name = "eval:" + (evaluation or FINAL_EVAL[self.cell.method])
+        name = (self.planned.evaluations[evaluation] if evaluation else self.planned.final).name
         if name not in self._preds:
             path = self.store.open(self.artifacts[name]) / "predictions.jsonl"
             rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -142,5 +167,5 @@ def gather(spec: GridSpec, run_ids: dict[str, str] | None = None) -> list[CellDa
         if missing:
             raise FileNotFoundError(f"cell {cell.run_name!r}: {', '.join(missing)} not in {store.root}: "
                                     "run the study's grids first")
-        out.append(CellData(cell, arts, store, (run_ids or {}).get(cell.run_name, "")))
+        out.append(CellData(cell, planned, arts, store, (run_ids or {}).get(cell.run_name, "")))
     return out

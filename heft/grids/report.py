@@ -1,5 +1,5 @@
 """Grid report: one table row per cell (mean ± std over seeds, interval, validation accuracy),
-the best cell by validation accuracy marked, plus PNG plots (heft/study/grid_plots.py).
+the best cell by validation accuracy marked, plus PNG plots (heft/grids/plots.py).
 
 Written to a local folder (report.md, results.csv, grid.yaml, *.png) that the flow logs
 to the grid's MLflow parent run and summarises as a Prefect markdown artifact.
@@ -14,8 +14,10 @@ from pathlib import Path
 import yaml
 
 from heft.stats import wilson_interval
-from heft.study.grid import METHOD_NAMES, Cell, GridSpec, spec_dict
-from heft.study.grid_plots import ablation_axes, plot_ablation, plot_epochs
+from heft.grids.spec import Cell, GridSpec, spec_dict
+from heft.modes import MODES
+from heft.run.result import RunResult
+from heft.grids.plots import ablation_axes, plot_ablation, plot_epochs
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,14 @@ class CellResult:
     run_id: str
 
     @classmethod
-    def of(cls, cell: Cell, run: dict, seconds: float) -> "CellResult":
-        m = run["results"][cell.final_eval]
-        stages = [s for s in run["stages"] if s["stage"] != "base"]  # base is virtual: never work
+    def of(cls, cell: Cell, run: RunResult) -> "CellResult":
+        m = run.metrics
+        stages = [s for s in run.stages if s.stage != "base"]  # base is virtual: never work
         return cls(cell.label, cell.seed, cell.method, cell.epochs.get("lora", 0), cell.epochs.get("reft", 0),
                    cell.total_epochs, cell.settings, m["accuracy"], m["ci95_low"], m["ci95_high"],
-                   m["majority_rate"], m["n"], run.get("validation_accuracy"),
-                   sum(s["cache"] == "ran" for s in stages),
-                   sum(s["cache"] == "reused" for s in stages), seconds, run["mlflow_run_id"])
+                   m["majority_rate"], m["n"], run.validation_accuracy,
+                   sum(s.cache == "ran" for s in stages), sum(s.cache == "reused" for s in stages),
+                   run.seconds, run.mlflow_run_id)
 
 
 def aggregate(results: list[CellResult]) -> list[dict]:
@@ -106,7 +108,7 @@ def markdown(spec: GridSpec, rows: list[dict]) -> str:
         per_seed = ", ".join(f"{a:.2%}" for a in r["accuracies"])
         valid = f"{r['valid_mean']:.2%}" if r["valid_mean"] is not None else "-"
         valid += " ★" if r is best else ""
-        lines.append(f"| {r['label']} | {METHOD_NAMES[r['method']]} "
+        lines.append(f"| {r['label']} | {MODES[r['method']].title} "
                      f"| {r['lora_epochs']} | {r['reft_epochs']} "
                      f"| {valid} | {r['mean']:.2%}{spread} | {r['ci95_low']:.2%}-{r['ci95_high']:.2%} "
                      f"| {per_seed} | {r['ran']} / {r['cached']} | {r['seconds']:.0f} |")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heft.study.grid import LAYER_FRACTION, METHOD_NAMES, GridSpec
+from heft.grids.spec import LAYER_FRACTION, GridSpec
+from heft.modes import MODES
 
 
 def _plt():
@@ -53,7 +54,7 @@ def plot_epochs(rows: list[dict], path: Path, best: dict | None = None) -> bool:
         mine = [r for r in rows if r["method"] == method]
         dx = 0.06 * (i - (len(methods) - 1) / 2)  # small offsets: methods at one x stay visible
         ax.errorbar([r["total_epochs"] + dx for r in mine], [100 * r["mean"] for r in mine],
-                    yerr=_errors(mine), fmt="o", capsize=3, alpha=0.8, label=METHOD_NAMES[method])
+                    yerr=_errors(mine), fmt="o", capsize=3, alpha=0.8, label=MODES[method].title)
     majority = 100 * rows[0]["majority_rate"]
     ax.axhline(majority, color="grey", ls="--", lw=1, label="held-out majority rate")
     if best:

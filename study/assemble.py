@@ -10,11 +10,9 @@ from pathlib import Path
 import torch
 
 from heft.config import flat_params
-from heft.study import document as results, measured
-from heft.study import verdicts as verdict
-from heft.study import tables as analysis
-from heft.study.grid import GridSpec
-from heft.study.spec import CellData, StudySpec, gather
+from study import document, measured, tables, verdicts
+from heft.grids.spec import GridSpec
+from study.spec import CellData, StudySpec, gather
 
 def metric_name(text: str) -> str:
     """MLflow metric names allow letters, digits and _ - . / : and spaces."""
@@ -30,7 +28,7 @@ def setup_lines(spec: StudySpec, main: list[CellData], wall_s: float, tracking: 
     first = main[0]
     cfg, lineage = first.cell.config, first.artifacts["base"].meta["lineage"]
     n = first.artifacts["data"].metrics  # row counts of the split the data stage wrote
-    m = first.artifacts["eval:" + analysis._final(first)].metrics
+    m = first.final_metrics
     record = json.loads((first.store.open(first.artifacts["data"]) / "split.json").read_text())
     precision = lineage["model_config"]["autocast"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,8 +77,8 @@ def recipe_rows(cells: list[CellData], used: dict | None = None) -> list[dict]:
     """The recipe search: validation accuracy after each epoch (it chooses), held-out shown.
     ``used`` is the recipe the study's other sections ran (recipe_of of their config); each row
     says whether it is that one, so the document states it instead of assuming it."""
-    rows = analysis.table(cells)
-    for r, c in zip(rows, [cs[0] for cs in analysis.by_label(cells).values()]):
+    rows = tables.table(cells)
+    for r, c in zip(rows, [cs[0] for cs in tables.by_label(cells).values()]):
         r["valid_curve"] = [100 * h["valid_accuracy"] for s in c.cell.epochs for h in c.history(s)
                             if "valid_accuracy" in h]
         r["recipe"] = recipe_of(c.cell.config)
@@ -100,35 +98,36 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
     cells = {g.name: gather(g, run_ids.get(g.name)) for g in grids}
     main_name = spec.main if spec.main in cells else grids[0].name
     main = cells[main_name]
-    rows = analysis.table(main, spec.paper)
-    cmps = analysis.comparisons(main, spec.comparisons)
-    files = results.main_plots(main, folder, spec)
+    rows = tables.table(main, spec.paper)
+    cmps = tables.comparisons(main, spec.comparisons)
+    files = document.main_plots(main, folder, spec)
     ablation = cells.get(spec.ablation, [])
-    ablation_rows = analysis.table(ablation) if ablation else []
+    ablation_rows = tables.table(ablation) if ablation else []
     if ablation_rows:
         files["ablation"] = folder / "ablation.png"
-        results.plot_bars(ablation_rows, ablation_rows[0]["majority"], "one factor at a time around HEFT 3+3",
-                          files["ablation"])
-    spectra = analysis.lora_spectra(main + ablation)
+        document.plot_bars(ablation_rows, ablation_rows[0]["majority"],
+                           spec.titles.get(spec.ablation, spec.ablation), files["ablation"])
+    spectra = tables.lora_spectra(main + ablation)
     if spectra:
         files["intruders"] = folder / "intruders.png"
-        results.plot_spectra(spectra, files["intruders"])
-    flip_rows = analysis.reft_flips(main)
-    tasks = [(spec.titles.get(name, f"Grid {name}"), analysis.table(cs)) for name, cs in cells.items()
+        document.plot_spectra(spectra, files["intruders"])
+    flip_rows = tables.reft_flips(main)
+    tasks = [(spec.titles.get(name, f"Grid {name}"), tables.table(cs)) for name, cs in cells.items()
              if name not in (main_name, spec.ablation, spec.recipes)]
-    verdicts = [verdict.comparison_line(c, spec.paper) for c in cmps] + [verdict.learning_line(rows)]
-    claims = verdict.summary(cmps, spec.paper)
+    judged = [verdicts.comparison_line(c, spec.paper) for c in cmps] + [verdicts.learning_line(rows)]
+    claims = verdicts.summary(cmps, spec.paper)
     used = recipe_of(main[0].cell.config)  # the recipe sections 1-7 ran
     recipes = recipe_rows(cells[spec.recipes], used) if spec.recipes in cells else []
-    sections = {"main_rows": rows, "comparisons": cmps, "verdicts": verdicts, "claims": claims,
+    sections = {"main_rows": rows, "comparisons": cmps, "verdicts": judged, "claims": claims,
                 "recipes": recipes, "recipe_used": used,
                 "lora_targets": lora_targets(main[0].cell.config),
                 "ablation_rows": ablation_rows,
                 "tasks": tasks, "measured": measured.load(spec.measured),
-                "spectra": spectra, "flips": analysis.flips_by_label(flip_rows),
+                "spectra": spectra, "flips": tables.flips_by_label(flip_rows),
                 "reproduce": commands}
     tracking = main[0].cell.config.tracking_uri
-    text = results.render(spec.name, setup_lines(spec, main, wall_s, tracking), sections)
+    text = document.render(spec.title, spec.name, setup_lines(spec, main, wall_s, tracking), sections,
+                           spec.sections, spec.paper_model)
     doc.write_text(text.replace("](results/", f"]({folder.name}/"))
     files["results"] = doc
     metrics = {metric_name(f"accuracy/{r['label']}"): r["mean"] for r in rows}
