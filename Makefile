@@ -13,7 +13,8 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STUDY ?= deployments/study/minilm-core.yaml
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-.PHONY: venv test-venv demo grid results test test-slow test-stack lint gpu-check mutations clean up down status deploy run-deployment
+.PHONY: venv test-venv demo grid results test test-slow test-stack lint docs gpu-check mutations clean up down status
+.PHONY: deploy run-deployment
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.test-installed
 
@@ -71,8 +72,7 @@ test-stack: test-venv
 
 # On a lent GPU machine (its own image's python3; see bench/gpu_check.py): -m gpu tests,
 # LoRA-stage MFU on a 1.1B Llama, SmolLM2 HEFT / LoRA-only / ReFT-only in bf16 on 2,000
-# official train rows and the whole dev split. On an H200 (2026-12-04): 1 passed, MFU 17.2%,
-# four SmolLM2 cells in 275 s (docs/benchmarks.md section 9, docs/gpu/h200-2026-12-04.json).
+# official train rows and the whole dev split (figures: docs/benchmarks.md, docs/gpu/*.json).
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) bench/gpu_check.py
@@ -80,6 +80,10 @@ gpu-check:
 # Deliberate bugs, one at a time in a scratch copy: every one must fail a default-tier test.
 mutations: test-venv
 	$(PY) tools/mutations.py
+
+# docs/config.md from the config dataclasses' field help (tests/test_docs.py fails when it is stale)
+docs: venv
+	$(PY) tools/config_reference.py
 
 # style: pyflakes, pycodestyle, 110-character lines, no assigned lambdas (pyproject [tool.ruff])
 lint: test-venv

@@ -20,5 +20,5 @@ tasks/ and flows/ wrap it in Prefect; study/ is an application built on it (docs
 
 def load(ref: str, root: str | None = None, tracking_uri: str | None = None):
     """The trained model ``ref`` names (heft/inference/load.py), ready for ``predict``."""
-    from heft.inference.load import load as _load
-    return _load(ref, root, tracking_uri)
+    import heft.inference.load  # transformers and torch: only when a model is loaded
+    return heft.inference.load.load(ref, root, tracking_uri)

@@ -92,10 +92,10 @@ def test_sections_without_a_grid_are_left_out_and_named():
     assert "0 of 1 cells learn beyond it" in full  # and whether its cells learn (60.0 < 62.17)
     learns = render("full", [], dict(base, tasks=[("Questions only", [dict(row, ci95_low=63.0)])]))
     assert "1 of 1 cells learn beyond it" in learns
-    assert "Not in this study" not in full
+    assert "no grid for them): 0. A recipe that learns (chosen on the validation rows only).\n" in full
     only_ablation = render("ablation", [], dict(base, ablation_rows=[row]))  # each on its own
     assert "## 4. Sensitivity" in only_ablation and "## 5." not in only_ablation
-    assert "no grid for them): 5. Other task formats and tasks." in only_ablation
+    assert "validation rows only); 5. Other task formats and tasks." in only_ablation
 
 
 def test_the_recipe_sentence_says_whether_the_study_runs_the_chosen_recipe():

@@ -6,9 +6,9 @@ digest or a hub commit, heft/fingerprints.py).  Every later stage reads the mode
 description from here instead of opening the model config again.
 
 Weights are not copied, except from a GGUF file: transformers de-quantizes GGUF on every
-load (SmolLM2-135M's 98 MB Q4_1 file: about 80 s of parsing and de-quantizing here for
-config, tokenizer and weights), so the base stage does it once and keeps the float weights
-and tokenizer as an ordinary Hugging Face folder (0.3 s to load) that later stages read.
+load, which takes minutes where a safetensors folder takes a second (docs/benchmarks.md), so
+the base stage does it once and keeps the float weights and tokenizer as an ordinary Hugging
+Face folder that later stages read.
 """
 from __future__ import annotations
 
