@@ -23,6 +23,7 @@ from heft.modes import MODES
 
 FAMILIES = ("auto", "causal-lm", "seq-cls")
 FORMATS = ("passage", "question")
+KINDS = ("label", "choice", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
 AUTOCAST = ("auto", "bfloat16", "off")
 POSITIONS_RE = re.compile(r"^(f(\d+))?(\+)?(l(\d+))?$")
@@ -108,11 +109,58 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """What a row asks and how an answer is judged: a built-in task by name, or your own data
+    described by a template and the fields that hold the answer (heft/data/task.py resolves
+    both into one ``Task``; an empty field takes the built-in task's or the kind's default)."""
+    name: str = field(default="boolq", metadata={
+        "help": "a built-in task (boolq, gsm8k, arc-easy, mawps) or 'custom' (your own data, described "
+                "by the fields below)"})
+    kind: str = field(default="", metadata={
+        "help": "label (a yes/no answer scored at the cue), choice (one of several answers, scored by "
+                "log-likelihood) or generate (free text, decoded greedily); '' = the built-in task's"})
+    template: str = field(default="", metadata={
+        "help": "the prompt over the row's fields, e.g. 'Question: {question}\\nAnswer:' ('' = the "
+                "built-in task's; a label task without one reads BoolQ's question and passage)"})
+    target: str = field(default="", metadata={
+        "help": "the field with the answer: a boolean (label), the gold choice's index (choice) or the "
+                "target text (generate); '' = the built-in task's, else 'label' or 'answer'"})
+    choices: str = field(default="", metadata={
+        "help": "choice: the field with the list of choices ('' = 'choices')"})
+    answer: str = field(default="", metadata={
+        "help": "generate: how an answer is read from a generation and from the target: 'number' (after "
+                "the last '####', else the last number), 'text' (normalised) or a regex whose first "
+                "group is the answer ('' = the built-in task's, else 'number')"})
+    tolerance: float = field(default=1e-4, metadata={
+        "help": "generate: numbers match when |answer - gold| <= tolerance x max(1, |gold|)"})
+    max_new_tokens: int = field(default=0, metadata={
+        "help": "generate: most tokens decoded per row (0 = the built-in task's, else 64)"})
+    stop: str = field(default="", metadata={
+        "help": "generate: decoding of a row stops at this text ('' = the built-in task's, else a blank "
+                "line)"})
+
+    def __post_init__(self):
+        check_types(self, "task")
+        _require(bool(self.name), "task.name", self.name, "a built-in task name or 'custom'")
+        _require(self.kind in ("",) + KINDS, "task.kind", self.kind, f"one of {KINDS}")
+        _require(self.name != "custom" or bool(self.kind), "task.kind", self.kind,
+                 f"a custom task needs its kind, one of {KINDS}")
+        _require(self.tolerance >= 0, "task.tolerance", self.tolerance, "must be >= 0")
+        _require(self.max_new_tokens >= 0, "task.max_new_tokens", self.max_new_tokens, "must be >= 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: str = field(default="google/boolq", metadata={
-        "help": "hub dataset id, a local folder/JSONL file, or an fsspec URL (s3://...)"})
+    source: str = field(default="", metadata={
+        "help": "hub dataset id, a local folder/JSONL file, or an fsspec URL (s3://...); '' = the "
+                "built-in task's hub dataset (google/boolq, openai/gsm8k, allenai/ai2_arc)"})
+    subset: str = field(default="", metadata={
+        "help": "the hub dataset's configuration ('' = the built-in task's: main for gsm8k, ARC-Easy)"})
     eval_source: str = field(default="", metadata={
         "help": "optional separate source of the held-out split (e.g. validation.jsonl)"})
+    eval_split: str = field(default="", metadata={
+        "help": "the split of a hub dataset or folder that is held out ('' = validation, else dev, "
+                "else test)"})
     format: str = field(default="passage", metadata={
         "help": "'passage' (question + passage) or 'question' (LoReFT/LLM-Adapters question-only)"})
     holdout_size: int | None = field(default=None, metadata={
@@ -129,7 +177,6 @@ class DataConfig:
 
     def __post_init__(self):
         check_types(self, "data")
-        _require(bool(self.source), "data.source", self.source, "must name a dataset")
         _require(self.format in FORMATS, "data.format", self.format, f"one of {FORMATS}")
         for name in ("valid_size", "max_train", "max_eval"):
             _require(getattr(self, name) >= 0, f"data.{name}", getattr(self, name), "must be >= 0")
@@ -240,6 +287,7 @@ def from_env(variable: str, default: str, text: str):
 class RunConfig:
     """Everything one pipeline run needs; the flow's single typed parameter."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

@@ -42,7 +42,7 @@ class Mode:
     @property
     def sections(self) -> tuple[str, ...]:
         """The run-config sections whose fields change what this mode computes."""
-        return ("model", "data", "eval") + self.chain
+        return ("model", "task", "data", "eval") + self.chain
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (

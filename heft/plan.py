@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from heft.config import DataConfig, RunConfig
+from heft.config import RunConfig
+from heft.data.task import Dataset, dataset
 from heft.modeling.precision import resolved
 from heft.modes import MODES, Mode
 from heft.fingerprints import Fingerprints
@@ -91,9 +92,10 @@ def make_step(stage: str, name: str, config: Any, parent: Step | None, inputs: d
     return Step(stage, name, config, key, parent_key, dict(inputs or {}), evaluation)
 
 
-def data_step(cfg: DataConfig, fingerprints: Fingerprints | None = None) -> Step:
-    """The first step of every plan: its key hashes the data config and the files' contents."""
-    return make_step("data", "data", cfg, None, {"files": (fingerprints or Fingerprints()).data(cfg)})
+def data_step(cfg: Dataset, fingerprints: Fingerprints | None = None) -> Step:
+    """The first step of every plan: its key hashes the task, the data config and the files'
+    contents."""
+    return make_step("data", "data", cfg, None, {"files": (fingerprints or Fingerprints()).data(cfg.data)})
 
 
 def plan(cfg: RunConfig, fingerprints: Fingerprints | None = None) -> Plan:
@@ -101,7 +103,7 @@ def plan(cfg: RunConfig, fingerprints: Fingerprints | None = None) -> Plan:
     (pass one ``Fingerprints`` to plan many configs over the same sources)."""
     fingerprints = fingerprints or Fingerprints()
     mode = MODES[cfg.mode]
-    data = data_step(cfg.data, fingerprints)
+    data = data_step(dataset(cfg.task, cfg.data), fingerprints)
     # 'auto' precision becomes what this machine does: bf16-trained weights get their own keys
     model = dataclasses.replace(cfg.model, autocast=resolved(cfg.model.autocast))
     base = make_step("base", "base", model, data, {"weights": fingerprints.model(cfg.model)})

@@ -4,6 +4,13 @@ BoolQ passages range from a few dozen to several hundred tokens; padding every
 batch to max_length would waste most of the compute.  Training batches are drawn
 from length-sorted "mega-batches" of 50 batches (as HF's group_by_length does), so
 each step still sees a random sample while its rows have similar lengths.
+
+A causal LM's sequence is its prompt, then (for training and choice scoring) a continuation
+appended after one space: the gold choice or the target text plus the end-of-sequence token.
+``prompt_lengths`` says where each prompt ends: the intervention's positions are counted on the
+prompt only (heft/modeling/loreft.py) and the LM loss covers the continuation only
+(heft/modeling/sequences.py).  Over-long sequences lose the start of their prompt (its end, the
+cue the answer follows, is kept) and then the end of their continuation.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from heft.data.prompts import prompt
+from heft.data.task import Task, render
 
 MEGABATCH = 50
 
@@ -21,15 +29,21 @@ MEGABATCH = 50
 class Encoded:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
-    labels: list[int]
+    labels: list[int]                       # label: 0/1; choice: the gold index; generate: 0
+    prompt_lengths: list[int] | None = None  # tokens of each prompt (None: all of the sequence)
+    owners: list[int] | None = None         # the row each sequence belongs to (choice: one per choice)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def prompt_length(self, i: int) -> int:
+        return self.prompt_lengths[i] if self.prompt_lengths is not None else len(self.input_ids[i])
+
 
 def encode(rows: list[dict], tok, fmt: str, family: str, max_length: int) -> Encoded:
+    """A label task's rows: BoolQ's question and passage (prompts.py), or a templated prompt."""
     causal = family == "causal-lm"
-    texts = [prompt(r, fmt, causal) for r in rows]
+    texts = [(r["prompt"], None) if "prompt" in r else prompt(r, fmt, causal) for r in rows]
     first = [t[0] for t in texts]
     pairs = [t[1] for t in texts]
     if all(p is not None for p in pairs):
@@ -40,19 +54,89 @@ def encode(rows: list[dict], tok, fmt: str, family: str, max_length: int) -> Enc
                    labels=[int(r["label"]) for r in rows])
 
 
-def collate(enc: Encoded, idx: list[int], pad_id: int) -> dict:
+def prompt_ids(tok, text: str) -> list[int]:
+    return tok(text).input_ids  # with the tokenizer's own start token, as the model saw in pre-training
+
+
+def continuation_ids(tok, prompt_text: str, continuation: str, eos: bool) -> list[int]:
+    """The tokens of ' ' + continuation as they follow the prompt: encode prompt and prompt +
+    continuation and take the new tokens (a sentencepiece tokenizer merges across the space, so
+    encoding the continuation alone would give other tokens than the model sees)."""
+    head = prompt_ids(tok, prompt_text)
+    whole = prompt_ids(tok, f"{prompt_text} {continuation}")
+    if whole[:len(head)] == head:
+        ids = whole[len(head):]
+    else:  # the tokenizer merged across the prompt's end: the continuation's own tokens
+        ids = tok(f" {continuation}", add_special_tokens=False).input_ids
+    return ids + ([tok.eos_token_id] if eos and tok.eos_token_id is not None else [])
+
+
+def fit(head: list[int], tail: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Cut prompt + continuation to max_length: the prompt's start goes first (its first token,
+    the start token, stays), then the continuation's end."""
+    tail = tail[:max(1, max_length - 2)]
+    over = len(head) + len(tail) - max_length
+    if over > 0:
+        head = head[:1] + head[1 + over:]
+    return head, tail
+
+
+def encode_sequences(rows: list[dict], tok, task: Task, max_length: int, *, all_choices: bool) -> Encoded:
+    """Prompt + continuation sequences of a choice or generate task.  Training: one per row, the
+    gold choice or the target.  Choice scoring (``all_choices``): one per (row, choice)."""
+    ids, plens, labels, owners = [], [], [], []
+    for i, row in enumerate(rows):
+        text = row["prompt"]
+        if task.kind == "choice":
+            conts = row["choices"] if all_choices else [row["choices"][row["label"]]]
+        else:
+            conts = [row["target"]]
+        for cont in conts:
+            tail = continuation_ids(tok, text, cont, eos=task.kind == "generate")
+            head, tail = fit(prompt_ids(tok, text), tail, max_length)
+            ids.append(head + tail)
+            plens.append(len(head))
+            labels.append(int(row.get("label", 0)) if task.kind == "choice" else 0)
+            owners.append(i)
+    return Encoded(ids, None, labels, plens, owners)
+
+
+def encode_prompts(rows: list[dict], tok, max_length: int) -> Encoded:
+    """The prompts alone (generation): the start of an over-long prompt is cut."""
+    ids = []
+    for row in rows:
+        head = prompt_ids(tok, row["prompt"])
+        ids.append(head[:1] + head[1:][-(max_length - 1):] if len(head) > max_length else head)
+    return Encoded(ids, None, [0] * len(ids), [len(x) for x in ids], list(range(len(ids))))
+
+
+def task_prompt(task: Task, row: dict) -> dict:
+    """A row of the task's fields as the data stage would store it (the template applied)."""
+    return dict(row, prompt=render(task.template, row)) if task.template else row
+
+
+def collate(enc: Encoded, idx: list[int], pad_id: int, left: bool = False) -> dict:
+    """A padded batch on the CPU: right padding (scoring, training), or left padding for
+    generation (the prompts end together where decoding starts).  ``prompt_start`` and
+    ``prompt_len`` locate each row's prompt; they are read on the CPU, never from the device."""
     width = max(len(enc.input_ids[i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     types = torch.zeros((len(idx), width), dtype=torch.long) if enc.token_type_ids else None
+    starts = []
     for row, i in enumerate(idx):
         n = len(enc.input_ids[i])
-        ids[row, :n] = torch.tensor(enc.input_ids[i])
-        mask[row, :n] = 1
+        start = width - n if left else 0
+        ids[row, start:start + n] = torch.tensor(enc.input_ids[i])
+        mask[row, start:start + n] = 1
+        starts.append(start)
         if types is not None:
             types[row, :n] = torch.tensor(enc.token_type_ids[i])
     batch = {"input_ids": ids, "attention_mask": mask,
-             "labels": torch.tensor([enc.labels[i] for i in idx]), "index": torch.tensor(idx)}
+             "labels": torch.tensor([enc.labels[i] for i in idx]), "index": torch.tensor(idx),
+             "prompt_start": torch.tensor(starts),
+             "prompt_len": torch.tensor([enc.prompt_length(i) for i in idx]),
+             "length": torch.tensor([len(enc.input_ids[i]) for i in idx])}
     if types is not None:
         batch["token_type_ids"] = types
     return batch
@@ -78,5 +162,9 @@ def eval_batches(enc: Encoded, batch_size: int) -> list[list[int]]:
     return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
 
 
+# read on the CPU only (positions, lengths, row numbers): never copied to the device
+CPU_KEYS = ("index", "prompt_start", "prompt_len", "length")
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v if k in CPU_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -37,8 +37,10 @@ from heft.config import parse_positions
 
 
 def check_right_padded(attention_mask: torch.Tensor) -> None:
-    """Every row's real tokens come first: the last real token is at length-1.  A left-padded
-    batch (as HF generate() uses) would put the intervention and the scored token on padding."""
+    """Every row's real tokens come first: the last real token is at length-1.  Scoring reads the
+    answer at that position, so a left-padded batch would score padding (generation pads on the
+    left on purpose and says where each prompt starts).  Call it on the CPU mask: on a device
+    the check would cost a host sync per batch."""
     if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
         raise ValueError("attention_mask is not right-padded: heft scores and intervenes at "
                          "positions counted from the start of each row (pad on the right)")
@@ -115,23 +117,24 @@ class Intervention:
         self._valid: torch.Tensor | None = None
         self._handle = None
 
-    def token_index(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positions, valid), both (B, first_n + last_n): the first n tokens and the last n
-        real tokens of each row.  Right padding puts the last real token at length-1.
+    def token_index(self, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, valid), both (B, first_n + last_n): the first n and the last n tokens of
+        each row's prompt, which starts at ``starts`` and has ``lengths`` tokens (right padding:
+        starts 0; left padding for generation: starts = the padding; a prompt followed by its
+        continuation in training: lengths = the prompt's, so nothing lands on the answer).
 
-        A row shorter than first_n + last_n has fewer distinct positions than slots: its
-        first and last ranges overlap (or run off the row).  Such a slot is marked invalid
-        (its position clamped into the row, its edit masked out), so every token is edited
+        A prompt shorter than first_n + last_n has fewer distinct positions than slots: its
+        first and last ranges overlap (or run off the prompt).  Such a slot is marked invalid
+        (its position clamped into the prompt, its edit masked out), so every token is edited
         exactly once.  Writing the same position twice would be right in the forward pass but
         would add that token's gradient once per copy (measured 2.000x by finite differences);
         pyreft avoids it the same way, capping n at half the length and padding the rest."""
-        check_right_padded(attention_mask)
-        lengths = attention_mask.sum(1, keepdim=True)
-        first = torch.arange(self.first_n, device=lengths.device).expand(len(lengths), -1)
-        last = lengths - self.last_n + torch.arange(self.last_n, device=lengths.device)
+        lengths = lengths.reshape(-1, 1)
+        first = torch.arange(self.first_n).expand(len(lengths), -1)
+        last = lengths - self.last_n + torch.arange(self.last_n)
         valid = torch.cat([first < lengths, (last >= self.first_n) & (last >= 0)], dim=1)
-        idx = torch.cat([first, last], dim=1)
-        return torch.minimum(idx.clamp(min=0), lengths - 1), valid
+        relative = torch.minimum(torch.cat([first, last], dim=1).clamp(min=0), lengths - 1)
+        return relative + starts.reshape(-1, 1), valid
 
     def _hook(self, module, args, output):
         if self._index is None:
@@ -159,8 +162,16 @@ class Intervention:
             self._handle.remove()
             self._handle, self._index, self._valid = None, None, None
 
-    def set_batch(self, attention_mask: torch.Tensor) -> None:
-        self._index, self._valid = self.token_index(attention_mask)
+    def set_batch(self, batch: dict) -> None:
+        """Intervene on this batch's prompts (collate's ``prompt_start`` and ``prompt_len``, CPU
+        tensors: the positions are computed on the host, then copied once)."""
+        index, valid = self.token_index(batch["prompt_start"], batch["prompt_len"])
+        device = self.loreft.R.device
+        self._index, self._valid = index.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+
+    def clear(self) -> None:
+        """Stop intervening (decoding steps after the prompt's prefill)."""
+        self._index = self._valid = None
 
     def save(self, folder: Path) -> None:
         save_file(self.loreft.pyreft_state(), str(folder / "intervention.safetensors"))

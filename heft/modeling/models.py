@@ -125,7 +125,8 @@ def class_scores(model: nn.Module, batch: dict, family: str, pooling: str, answe
     """(scores (B, 2), answer logits over the vocabulary (B, V) or None)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     base = unwrap(model)
-    check_right_padded(mask)
+    if mask.device.type == "cpu":  # free there; device batches come from collate, right-padded
+        check_right_padded(mask)
     if family == "causal-lm":
         # Run the decoder and apply the LM head only at each example's last prompt token:
         # right padding puts it at length-1, and computing (B, T, V) logits is wasteful.

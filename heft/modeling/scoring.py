@@ -1,4 +1,6 @@
-"""Batched two-way scoring: one forward pass per batch gives each row's (false, true) scores.
+"""Batched scoring: one forward pass per batch gives each row's (false, true) scores (label
+tasks, ``predict``), or each sequence's continuation log-probability (choice tasks,
+``score_choices``).
 
 A causal LM is scored by the next-token logits of ' false' and ' true' at its last prompt
 token (no generate(): one pass, no sampling, no parsing); an encoder by its 2-label head.
@@ -17,6 +19,7 @@ from heft.data.batching import Encoded, collate, eval_batches, to_device
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import autocast
+from heft.modeling.sequences import continuation_logprobs
 
 
 @torch.no_grad()
@@ -32,12 +35,39 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
-            batch = to_device(collate(enc, idx, pad_id), dev)
+            batch = collate(enc, idx, pad_id)
             if intervention:
-                intervention.set_batch(batch["attention_mask"])
+                intervention.set_batch(batch)
             with autocast(precision, dev.type):
-                scores, _ = models.class_scores(model, batch, family, pooling, answer_ids)
-            scores_out[batch["index"].cpu()] = scores.float().cpu()
+                scores, _ = models.class_scores(model, to_device(batch, dev), family, pooling, answer_ids)
+            scores_out[batch["index"]] = scores.float().cpu()
     model.train(was_training)
     preds = scores_out.argmax(1)
     return (preds, scores_out) if return_scores else preds
+
+
+@torch.no_grad()
+def score_choices(model, enc: Encoded, rows: int, batch_size: int, *, pad_id: int,
+                  intervention: Intervention | None = None, desc: str = "choices",
+                  precision: str = "off") -> list[list[float]]:
+    """Each row's summed log-probability of each of its choices after its prompt (``enc``: one
+    sequence per (row, choice), heft/data/batching.py encode_sequences), the intervention on
+    the prompt positions; lm-evaluation-harness's per-choice log-likelihood."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(enc))
+    layers = models.transformer_layers(model) if intervention else None
+    dev = next(model.parameters()).device
+    with intervention.attached(layers) if intervention else nullcontext():
+        for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
+            batch = collate(enc, idx, pad_id)
+            if intervention:
+                intervention.set_batch(batch)
+            with autocast(precision, dev.type):
+                total, _ = continuation_logprobs(model, to_device(batch, dev))
+            sums[batch["index"]] = total.float().cpu()
+    model.train(was_training)
+    out: list[list[float]] = [[] for _ in range(rows)]
+    for i, owner in enumerate(enc.owners):
+        out[owner].append(float(sums[i]))
+    return out

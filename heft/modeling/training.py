@@ -1,7 +1,11 @@
 """One training loop for both stages, readable top to bottom.
 
 What differs between LoRA and ReFT is only *which* parameters require grad and
-whether an intervention hook is attached; the loss, schedule and bookkeeping are shared.
+whether an intervention hook is attached; the schedule and bookkeeping are shared.  What is
+minimised comes from the task (``objective``): a label task's answer-token or head
+cross-entropy, a choice or generate task's LM loss on the continuation tokens
+(heft/modeling/sequences.py); validation reads the task's own accuracy
+(heft/modeling/answering.py).
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,7 +24,6 @@ from heft.data.batching import Encoded, collate, to_device, train_batches
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import autocast
-from heft.modeling.scoring import predict
 from heft.progress import Progress
 from heft.store.checkpoints import EpochCheckpoints
 
@@ -43,11 +47,21 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg: TrainConfig, *,
-          family: str, pooling: str, answer_ids, pad_id: int, desc: str,
+@dataclass
+class Objective:
+    """What a stage trains on: the encoded training sequences, the loss of a (device) batch,
+    and the validation accuracy of the model (None: no validation rows)."""
+    train: Encoded
+    loss: Callable[[object, dict], torch.Tensor]
+    validate: Callable[[object], float | None]
+    pad_id: int
+    precision: str = "off"
+
+
+def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, desc: str,
           intervention: Intervention | None = None, progress: Progress | None = None,
           checkpoints: EpochCheckpoints | None = None,
-          state: dict[str, torch.Tensor] | None = None, precision: str = "off") -> tuple[list[dict], int]:
+          state: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], int]:
     """Train the parameters in ``groups`` for cfg.epochs; return (one metrics dict per
     epoch, the epoch training resumed after).
 
@@ -60,6 +74,7 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
     # weight_decay=0: the LoReFT rotation must not be decayed (see heft/modeling/loreft.py), and
     # LoRA adapters are tiny and start at B=0, where decay only fights the update.
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)  # groups may set their own lr
+    train_enc, precision = objective.train, objective.precision
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     params = [p for g in groups for p in g["params"]]
@@ -80,12 +95,11 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
             bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
                        desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None)
             for step, idx in enumerate(bar):
-                batch = to_device(collate(train_enc, idx, pad_id), dev)
+                batch = collate(train_enc, idx, objective.pad_id)
                 if intervention:
-                    intervention.set_batch(batch["attention_mask"])
+                    intervention.set_batch(batch)  # on the prompt positions, read on the host
                 with autocast(precision, dev.type):  # bf16 matmuls; parameters and grads stay float32
-                    scores, vocab_logits = models.class_scores(model, batch, family, pooling, answer_ids)
-                loss = models.loss_fn(scores, vocab_logits, batch["labels"], answer_ids)  # float32
+                    loss = objective.loss(model, to_device(batch, dev))  # float32
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch} step {step}")
                 optimizer.zero_grad(set_to_none=True)
@@ -105,11 +119,9 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
             metrics = {"train_loss": total_loss / seen, "epoch_seconds": seconds,
                        "train_examples_per_second": seen / seconds,
                        "optimizer_steps": epoch * steps_per_epoch}
-            if len(valid_enc):
-                preds = predict(model, valid_enc, 64, family=family, pooling=pooling,
-                                answer_ids=answer_ids, pad_id=pad_id, intervention=intervention,
-                                desc=f"{desc} valid", precision=precision)
-                metrics["valid_accuracy"] = (preds == torch.tensor(valid_enc.labels)).float().mean().item()
+            valid = objective.validate(model)
+            if valid is not None:
+                metrics["valid_accuracy"] = valid
             history.append(metrics)
             valid = metrics.get("valid_accuracy")
             log.info("%s epoch %d/%d: train loss %.4f%s (%.0f s)", desc, epoch, cfg.epochs,

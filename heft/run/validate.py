@@ -126,6 +126,11 @@ def validate(the_plan: Plan) -> Checked:
         hf_config = models.auto_config(cfg.model.name, cfg.model.gguf_file)  # unknown model fails here
     family = models.family_of(cfg.model, hf_config)
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
+    dataset = the_plan["data"].config
+    if dataset.task.kind != "label" and family != "causal-lm":
+        raise ConfigError(f"task.kind={dataset.task.kind!r}: task {dataset.task.name} scores and trains on "
+                          f"answer tokens, and {cfg.model.name} is a {family} model (an encoder with a label "
+                          "head, no LM head): use a causal LM, or a label task")
     trains = MODES[cfg.mode].trains
     if "reft" in trains:
         check_reft_config(cfg.reft, depth, hidden)
@@ -136,6 +141,6 @@ def validate(the_plan: Plan) -> Checked:
         skeleton = model_skeleton(family, hf_config)
         check_lora_rank(cfg.lora.rank, target_modules(cfg.lora, skeleton), skeleton)
     if "data" not in done:
-        split_rows(cfg.data)
+        split_rows(dataset.data, dataset.task)
     checked.model = {"family": family, "depth": depth, "hidden_size": hidden}
     return checked

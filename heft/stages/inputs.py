@@ -9,16 +9,21 @@ against the store, so an artifact root can move without its lineage going stale.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from heft.config import ModelConfig
-from heft.data.batching import Encoded, encode
+from heft.data.batching import Encoded, encode, encode_sequences
 from heft.data.sources import read_split
+from heft.data.task import Task
 from heft.modeling import models
+from heft.modeling.answering import Answerer, accuracy
 from heft.modeling.loreft import Intervention
+from heft.modeling.sequences import lm_loss
+from heft.modeling.training import Objective
 from heft.store.artifacts import Artifact, ArtifactStore
 
 
@@ -94,12 +99,46 @@ class StageInputs:
             raise FileNotFoundError(f"artifact {stage}/{key} is missing under {self.store.root}")
         return found
 
-    def encoded(self, split: str, tok) -> Encoded:
-        return encode(self.rows(split), tok, self.parent.lineage("format"), self.family,
-                      self.model_cfg.max_length)
+    @property
+    def task(self) -> Task:
+        """The chain's task, as the data stage resolved it."""
+        return Task(**self.parent.lineage("task"))
+
+    def sequences(self, split: str, tok) -> Encoded:
+        """What training reads of a split: a label task's prompts, or each row's prompt plus its
+        gold continuation (the gold choice, the target text)."""
+        rows, task = self.rows(split), self.task
+        if task.kind == "label":
+            return encode(rows, tok, self.parent.lineage("format"), self.family, self.model_cfg.max_length)
+        return encode_sequences(rows, tok, task, self.model_cfg.max_length, all_choices=False)
 
     def answer_ids(self, tok):
         return models.answer_token_ids(tok) if self.family == "causal-lm" else None
+
+    def answerer(self, model, tok, intervention=None) -> Answerer:
+        return Answerer(model, tok, self.task, self.family, self.model_cfg.pooling,
+                        self.parent.lineage("format"), self.model_cfg.max_length, self.answer_ids(tok),
+                        intervention, self.precision)
+
+    def objective(self, model, tok, intervention=None) -> Objective:
+        """The training sequences, the task's loss and its validation accuracy for ``model``."""
+        task, answer_ids = self.task, self.answer_ids(tok)
+        valid = self.rows("valid")
+        answerer = self.answerer(model, tok, intervention)
+        if task.kind == "label":
+            pooling = self.model_cfg.pooling
+
+            def loss(m, batch):
+                scores, vocab_logits = models.class_scores(m, batch, self.family, pooling, answer_ids)
+                return models.loss_fn(scores, vocab_logits, batch["labels"], answer_ids)
+        else:
+            loss = lm_loss
+
+        def validate(m) -> float | None:
+            if not valid:
+                return None
+            return accuracy(task, valid, dataclasses.replace(answerer, model=m).answer(valid, desc="valid"))
+        return Objective(self.sequences("train", tok), loss, validate, tok.pad_token_id, self.precision)
 
 
 def artifact_ref(stage: str, key: str) -> str:

@@ -47,7 +47,6 @@ def train_lora(cfg: LoraConfig, parent: Artifact, ctx: Context) -> Built:
         raise ValueError(f"lora trains on a base model or a ReFT artifact, got a {parent.stage!r} artifact")
     inputs = StageInputs.of(parent, ctx.store)
     tok = inputs.tokenizer()
-    train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
     model = inputs.load_weights(cfg.seed)
     inputs.load_head(model)
     frozen = inputs.intervention()  # ReFT -> LoRA: the ReFT stage's intervention, not trained
@@ -67,12 +66,10 @@ def train_lora(cfg: LoraConfig, parent: Artifact, ctx: Context) -> Built:
     groups = [{"params": [p for n, p in named if ".modules_to_save." not in n]}]
     if head:  # the new classification head starts from random: it may want a larger step
         groups.append({"params": head, "lr": cfg.head_learning_rate})
-    history, resumed = train(model, groups, train_enc, valid_enc, cfg,
-                             family=inputs.family, pooling=inputs.model_cfg.pooling,
-                             answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+    history, resumed = train(model, groups, inputs.objective(model, tok, frozen), cfg,
                              desc="lora", progress=ctx.progress, intervention=frozen,
                              checkpoints=EpochCheckpoints(ctx.store, "lora", cfg, parent.key),
-                             state=dict(named), precision=inputs.precision)
+                             state=dict(named))
     metrics = {"trainable_params": sum(p.numel() for _, p in named), "resumed_from_epoch": resumed}
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items()})

@@ -61,9 +61,9 @@ def merge_lora(cfg: MergeConfig, parent: Artifact, ctx: Context) -> Built:
         raise ValueError(f"merge needs a lora artifact, got {parent.stage!r}")
     inputs = StageInputs.of(parent, ctx.store)
     tok = inputs.tokenizer()
-    enc = inputs.encoded("valid", tok)
+    enc = inputs.sequences("valid", tok)
     if not len(enc):
-        enc = inputs.encoded("train", tok)
+        enc = inputs.sequences("train", tok)
     # a small sample, the longest rows: full outputs of a causal LM are rows x tokens x vocabulary
     longest = eval_batches(enc, CHECK_ROWS)[-1]
     batch = to_device(collate(enc, longest, tok.pad_token_id), models.device())

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from heft.config import ConfigError, ReftConfig
 from heft.modeling import models
 from heft.modeling.loreft import Intervention, LoReFT
-from heft.modeling.scoring import predict
+from heft.modeling.scoring import predict, score_choices
 from heft.modeling.training import train
 from heft.stages import Context
 from heft.stages.inputs import StageInputs, artifact_ref
@@ -36,6 +36,20 @@ def head_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if n.split(".")[0] in models.HEAD_MODULES}
 
 
+def scores(inputs: StageInputs, model, tok, enc, intervention) -> torch.Tensor:
+    """What the intervention moves: a label task's two class scores, else each validation row's
+    log-probability of its gold continuation."""
+    if inputs.task.kind == "label":
+        _, out = predict(model, enc, 64, family=inputs.family, pooling=inputs.model_cfg.pooling,
+                         answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+                         intervention=intervention, return_scores=True, desc="reft effect",
+                         precision=inputs.precision)
+        return out
+    sums = score_choices(model, enc, len(enc), 64, pad_id=tok.pad_token_id, intervention=intervention,
+                         desc="reft effect", precision=inputs.precision)
+    return torch.tensor([s[0] for s in sums])
+
+
 def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
     if parent.stage not in ("merge", "base") or parent.meta["lineage"].get("intervention"):
         raise ValueError(f"reft trains on a merged or base model without an intervention, "
@@ -43,7 +57,6 @@ def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
     inputs = StageInputs.of(parent, ctx.store)
     check_reft_config(cfg, inputs.depth, inputs.hidden_size)
     tok = inputs.tokenizer()
-    train_enc, valid_enc = inputs.encoded("train", tok), inputs.encoded("valid", tok)
     model = inputs.load_weights(cfg.seed)
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
@@ -56,24 +69,20 @@ def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
         p.requires_grad_(True)
     if head:
         groups.append({"params": list(head.values()), "lr": cfg.head_learning_rate})
-    kwargs = dict(family=inputs.family, pooling=inputs.model_cfg.pooling,
-                  answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id, precision=inputs.precision)
     # checkpoint state: the intervention's parameters *and* buffers (the orthogonal map's
     # base), plus the head; all live tensors, so restoring copies into them
     state = {f"loreft.{n}": t for n, t in loreft.state_dict(keep_vars=True).items()}
     state.update({f"head.{n}": p for n, p in head.items()})
-    history, resumed = train(model, groups, train_enc, valid_enc, cfg, desc="reft",
+    history, resumed = train(model, groups, inputs.objective(model, tok, intervention), cfg, desc="reft",
                              intervention=intervention, progress=ctx.progress,
-                             checkpoints=EpochCheckpoints(ctx.store, "reft", cfg, parent.key), state=state,
-                             **kwargs)
+                             checkpoints=EpochCheckpoints(ctx.store, "reft", cfg, parent.key), state=state)
     loreft.eval()
     metrics = {"trainable_params": sum(p.numel() for g in groups for p in g["params"]),
                "resumed_from_epoch": resumed,
                "rotation_orthonormality_error": loreft.orthonormality_error()}
-    if len(valid_enc):  # how much the trained intervention moves the scores (0 = a dead intervention)
-        _, with_iv = predict(model, valid_enc, 64, intervention=intervention, return_scores=True,
-                             desc="reft effect", **kwargs)
-        _, without = predict(model, valid_enc, 64, return_scores=True, desc="reft effect", **kwargs)
+    valid = inputs.sequences("valid", tok)
+    if len(valid):  # how much the trained intervention moves the scores (0 = a dead intervention)
+        with_iv, without = (scores(inputs, model, tok, valid, iv) for iv in (intervention, None))
         metrics["intervention_mean_abs_score_change"] = float((with_iv - without).abs().mean())
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items()})

@@ -22,7 +22,7 @@ from heft.tracking.client import call, client, experiment_id, soft
 from heft.tracking.vocabulary import epoch_metrics, stage_metrics
 
 PARENT_TAG = "mlflow.parentRunId"
-SECTION = {"data": "data", "base": "model", "lora": "lora", "merge": "merge", "reft": "reft",
+SECTION = {"data": "", "base": "model", "lora": "lora", "merge": "merge", "reft": "reft",
            "evaluate": "eval"}
 BATCH = 1000  # MLflow takes at most 1000 metrics per log_batch
 
@@ -142,5 +142,6 @@ def find_logged_model(run: Tracker, evaluation_key: str) -> str | None:
 
 def stage_params(stage: str, cfg) -> dict[str, Any]:
     """A stage run's params: its config's fields as '<section>.<field>', the names the
-    pipeline run uses for the same fields (model.*, data.*, lora.*, merge.*, reft.*, eval.*)."""
-    return flat_params(cfg, prefix=f"{SECTION[stage]}.")
+    pipeline run uses for the same fields (task.* and data.*, model.*, lora.*, merge.*, reft.*,
+    eval.*; the data stage's config holds the task and data sections itself)."""
+    return flat_params(cfg, prefix=f"{SECTION[stage]}." if SECTION[stage] else "")
