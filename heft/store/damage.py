@@ -39,8 +39,10 @@ class DamagedArtifact(Exception):
         self.stage, self.key, self.problem = stage, key, problem
 
 
-def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache) -> str | None:
-    """None if every listed file under ``folder`` hashes to its recorded sha256."""
+def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache,
+                    record: str = "meta.json") -> str | None:
+    """None if every listed file under ``folder`` hashes to its recorded sha256 (listed in
+    ``record``: an artifact's meta.json, an export's heft.json)."""
     for rel, want in files.items():
         path = folder / rel
         if not path.is_file():
@@ -48,7 +50,7 @@ def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache) ->
         if path.stat().st_size != want["size"]:
             return f"{rel} has {path.stat().st_size} bytes, expected {want['size']}"
         if stamps.sha256(path) != want["sha256"]:
-            return f"{rel}: sha256 differs from meta.json"
+            return f"{rel}: sha256 differs from {record}"
     return None
 
 
