@@ -17,7 +17,8 @@ before and after the upload and again before meta.json.  A holder whose lease ra
 was suspended used to write its files over the artifact the next holder had published; now it
 raises LeaseLost and writes nothing.  The copy costs a server-side copy of each file (no
 download); an attempt killed mid-upload leaves its prefix under ``.tmp/``, never a half-written
-entry in the artifact's place.
+entry in the artifact's place.  A disk that fills up while a stage writes or publishes is named
+with the free space (heft/store/space.py).
 
 A lookup (``find``) reads meta.json and compares every listed file's size against one
 listing of the folder (cheap, also on S3).  An unreadable or malformed meta.json, or a
@@ -46,6 +47,7 @@ from heft.store.damage import DamagedArtifact, content_problem, remember, set_as
 from heft.store.hashing import StampCache, cache_dir, sha256_file
 from heft.store.keys import FORMAT_VERSION, digest, key_payload
 from heft.store.locks import FileLock, Held, LeaseLock, lock_name
+from heft.store.space import named_when_full
 
 META = "meta.json"
 log = logging.getLogger(__name__)
@@ -205,7 +207,8 @@ class ArtifactStore:
                 started = time.time()
                 token = _HELD.set(held)  # epoch checkpoints published during the build are fenced too
                 try:
-                    built = build(tmp)
+                    with named_when_full(tmp, f"building {step.stage} {step.key}"):
+                        built = build(tmp)
                 finally:
                     _HELD.reset(token)
                 inherited = dict(parent.meta.get("lineage", {})) if parent else {}
@@ -216,7 +219,8 @@ class ArtifactStore:
                         "config": dataclasses.asdict(step.config), "metrics": built.metrics,
                         "lineage": inherited, "build": {"started": started, "finished": time.time(),
                                                         **built.provenance}}
-                art = self.publish(tmp, step.stage, step.key, meta, held=held)
+                with named_when_full(tmp, f"publishing {step.stage} {step.key}"):
+                    art = self.publish(tmp, step.stage, step.key, meta, held=held)
                 log_build(art)
                 return art
 
@@ -359,8 +363,10 @@ class ArtifactStore:
                     pass
                 shutil.rmtree(gone, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".download-"))
+            need = sum(f.get("size", 0) for f in artifact.meta.get("files", {}).values())
             try:
-                self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
+                with named_when_full(tmp, f"downloading {artifact.stage} {artifact.key}", need):
+                    self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(tmp, target)
             except OSError:
