@@ -217,7 +217,8 @@ def test_a_holder_suspended_past_its_lease_writes_nothing_on_resume(services, ti
                                                                     tmp_path):
     """The issue's run: holder A is stopped (SIGSTOP) inside its LoRA build, host B takes the key
     over after the lease and finishes the whole run; then A resumes.  A must stop with an error
-    that says it lost the lease, and write 0 objects: the bucket is byte for byte what B left."""
+    that says it lost the lease, at its next checkpoint, and write 0 objects: the bucket is byte
+    for byte what B left."""
     env, fs = services
     root, log = "s3://heft-lease/suspended", tmp_path / "builds.jsonl"
     holder = start(env, tmp_path, "a", str(tiny_llama), str(keyword_data), root, log)
@@ -236,5 +237,6 @@ def test_a_holder_suspended_past_its_lease_writes_nothing_on_resume(services, ti
     rest = holder.communicate(timeout=600)[0]
     fs.invalidate_cache()
     assert holder.returncode != 0 and "the build lease was lost" in rest, rest[-3000:]
+    assert rest.count("EPOCH lora") <= 1  # it stopped at its next epoch's checkpoint, not after 25 epochs
     assert listing(fs, "heft-lease/suspended") == before
     assert verify_all(env, root, tmp_path) == 8

@@ -38,6 +38,7 @@ from heft.inference.card import model_card
 from heft.inference.model import HeftModel
 from heft.store.damage import content_problem
 from heft.store.hashing import StampCache, sha256_file
+from heft.store.space import named_when_full
 
 FORMAT = 1
 SPEC = "heft.json"
@@ -65,7 +66,8 @@ def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
         if fs.find(path):  # as for a local folder: never overwrite what is there
             raise FileExistsError(f"export destination {dest!r} exists and is not empty")
         with tempfile.TemporaryDirectory(prefix="heft-export-") as tmp:
-            write_folder(model, Path(tmp), pyreft_layout)
+            with named_when_full(tmp, f"exporting to {dest} (written locally first)"):
+                write_folder(model, Path(tmp), pyreft_layout)
             for f in sorted(p for p in Path(tmp).rglob("*") if p.is_file() and p.name != SPEC):
                 fs.put_file(str(f), f"{path}/{f.relative_to(tmp).as_posix()}")
             try:  # last, create-if-absent: complete, and a concurrent export's heft.json is kept
@@ -81,7 +83,8 @@ def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".heft-export-", dir=folder.parent))
     try:
-        write_folder(model, tmp, pyreft_layout)
+        with named_when_full(tmp, f"exporting to {folder}"):
+            write_folder(model, tmp, pyreft_layout)
         try:  # atomic: the folder appears complete or not at all (rename replaces an empty folder)
             tmp.rename(folder)
         except OSError as e:

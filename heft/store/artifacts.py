@@ -56,6 +56,11 @@ _HELD: ContextVar[Held | None] = ContextVar("heft_held_lock", default=None)
 UNFENCED = Held("", "")  # publishing outside a build (tests, tools): nothing to check
 
 
+def check_held() -> None:
+    """Raise LeaseLost if the build running in this thread no longer holds its key's lease."""
+    (_HELD.get() or UNFENCED).check()
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A finished stage output: where it lives and what made it (a copy of meta.json)."""

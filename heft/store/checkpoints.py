@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from heft.config import TrainConfig
-from heft.store.artifacts import ArtifactStore
+from heft.store.artifacts import ArtifactStore, check_held
 from heft.store.damage import DamagedArtifact
 from heft.store.keys import stage_key
 from heft.store.space import named_when_full, nbytes
@@ -87,6 +87,7 @@ class EpochCheckpoints:
     def save(self, epoch: int, tensors: dict[str, torch.Tensor], optimizer, scheduler,
              history: list[dict]) -> None:
         key = f"epoch-{epoch:04d}"
+        check_held()  # a build whose lease ran out stops at its next epoch, not after the last one
         if self.store.find(self.folder, key) is not None:
             return  # the same trajectory already reached this epoch (identical by construction)
         what = f"checkpoint of epoch {epoch} under {self.store.root}/{self.folder}"
