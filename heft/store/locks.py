@@ -177,7 +177,10 @@ class LeaseLock:
             with reporting(stage, key, holder, self.report_s):
                 lock.acquire(blocking=True)
         lease_ms = int(self.lease_s * 1000)
-        self.client.set(who, holder_info(stage, key), px=lease_ms)
+        try:
+            self.client.set(who, holder_info(stage, key), px=lease_ms)
+        except Exception as e:  # noqa: BLE001 - only the waiters' report: the lock itself is held
+            log.warning("%s: could not record who holds it (%s)", name, e)
         stop = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(lock, stop, name, who, lease_ms), daemon=True)
         renewer.start()
