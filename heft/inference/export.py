@@ -140,6 +140,8 @@ def read_spec(folder: Path) -> dict:
         raise DamagedExport(folder, f"{SPEC} is not valid: not a JSON object")
     if "digest" in spec and spec_digest(spec) != spec["digest"]:
         raise DamagedExport(folder, f"{SPEC}: its content differs from its digest")
+    if "files" in spec and "digest" not in spec:  # an older heft wrote neither
+        raise DamagedExport(folder, f"{SPEC} is not valid: it lists files but has no digest")
     return spec
 
 
