@@ -78,7 +78,8 @@ def paper_table() -> None:
     from heft.grids.plan import GridPlan
     cells = expand(load_grid("deployments/grids/ablation.yaml", ["lora.epochs=3", "reft.epochs=3"]))
     grid = GridPlan.of(cells, plan_cells(cells))
-    rows, _ = split_rows(cells[0].config.data)
+    dataset = grid.plans[0]["data"].config
+    rows, _ = split_rows(dataset.data, dataset.task)
     costs = grid.costs({k: len(v) for k, v in rows.items()})
     seconds, path = grid.critical_path(costs)
     print(f"\nMiniLM ablation on paper: {len(cells)} cells, {len(grid.steps)} unique steps, "

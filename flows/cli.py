@@ -152,7 +152,8 @@ def describe_grid(cells) -> list[str]:
     if data is not None:
         rows = {s: int(data.metrics[f"n_{s}"]) for s in ("train", "valid", "eval")}
     else:
-        rows = {s: len(r) for s, r in split_rows(cells[0].config.data)[0].items()}
+        dataset = grid.plans[0]["data"].config
+        rows = {s: len(r) for s, r in split_rows(dataset.data, dataset.task)[0].items()}
     return grid.describe(grid.costs(rows, done), done)
 
 

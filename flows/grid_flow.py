@@ -23,7 +23,7 @@ from flows.grid_fanout import cancel_child_runs, fan_out
 from flows.runners import check_engine, on_task_runner
 from heft.config import ConfigError, flat_params
 from heft.grids.plan import GridPlan, plan_cells
-from heft.grids.report import CellResult, write_report
+from heft.grids.report import CellResult, champion, write_report
 from heft.grids.spec import Cell, GridSpec, expand, load_grid
 from heft.plan import Plan
 from heft.run.execute import execute
@@ -66,11 +66,10 @@ def register_best(name: str, cells: list[Cell], results: list[CellResult], runs:
                   tracking_uri: str, grid_name: str) -> dict:
     """Register the cell with the best validation accuracy.  Never the best held-out accuracy:
     choosing on the held-out rows would make the reported held-out number optimistic."""
-    scored = [i for i, r in enumerate(results) if r.valid_accuracy is not None]
-    if not scored:
+    best = champion([r.valid_accuracy for r in results])  # ties: the first cell
+    if best is None:
         raise ConfigError(f"--register {name}: no cell of grid {grid_name!r} trained a model with a "
                           "validation accuracy (data.valid_size=0, or untrained cells only)")
-    best = max(scored, key=lambda i: (results[i].valid_accuracy, -i))  # ties: the first cell
     cell, result, run = cells[best], results[best], runs[best]
     tags = {"heft.grid": grid_name, "heft.cell": cell.label, "heft.seed": cell.seed,
             "heft.model.key": run.model["key"], "valid_accuracy": result.valid_accuracy,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from heft.config import ConfigError
-from heft.data.sources import DataError
+from heft.data.sources import DataError, parse_jsonl
 
 
 def add_parsers(sub) -> None:
@@ -35,18 +35,12 @@ def add_parsers(sub) -> None:
 
 
 def read_rows(path: str) -> list[dict]:
-    rows = []
+    """The rows of a JSONL file; a bad line is a DataError naming the file and the row."""
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"--input {path!r}: {e.strerror}") from None
-    for i, line in enumerate(lines):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: row {i}: not valid JSON ({err.msg})") from None
-    return rows
+    return parse_jsonl(data, path)
 
 
 def predict_command(args) -> int:

@@ -32,8 +32,49 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tru
                              list("tTfF"))
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names a key twice.  YAML loaders keep the last value silently: a second
+    ``lora:`` section replaced the first whole (its epochs and lr fell back to defaults), and a
+    second ``axes:`` turned a 12-cell grid into 4."""
+
+    def __init__(self, key: str, first: int, second: int):
+        super().__init__(f"duplicate key {key!r} at line {second} (first at line {first}); "
+                         "YAML would silently keep only the last one")
+
+
+def check_duplicates(node: yaml.Node, path: str = "", seen: set | None = None) -> None:
+    """Raise DuplicateKey for the first key named twice in any mapping under ``node``
+    (nested keys are named by their dotted path, e.g. 'lora.rank'; lines are 1-based)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            name = f"{path}.{key}" if path and key is not None else key
+            if key is not None and key != "<<":  # '<<' merges: later keys override on purpose
+                if key in lines:
+                    raise DuplicateKey(name, lines[key], key_node.start_mark.line + 1)
+                lines[key] = key_node.start_mark.line + 1
+            check_duplicates(value_node, name or path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_duplicates(item, path, seen)
+
+
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    """The YAML document in ``text``; a key named twice in one mapping raises DuplicateKey."""
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_duplicates(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def merge_values(base: dict, extra: dict) -> dict:
@@ -61,6 +102,8 @@ def read_preset(path: str | Path) -> dict:
         data = load_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"preset {str(path)!r} does not exist") from None
+    except DuplicateKey as e:  # presets, grid and study files all come here
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"preset {str(path)!r} is not valid YAML: {e}") from None
     if data is None:
@@ -76,7 +119,10 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. reft.layer=4")
         key, raw = item.split("=", 1)
-        flat[key.strip()] = load_yaml(raw) if raw != "" else ""
+        try:
+            flat[key.strip()] = load_yaml(raw) if raw != "" else ""
+        except DuplicateKey as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
     return nested(flat)
 
 

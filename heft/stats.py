@@ -1,8 +1,12 @@
 """The statistics heft reports: intervals for one accuracy, paired tests between two.
 
 * ``wilson_interval``: 95% Wilson score interval of a proportion (sane near 0/1, small n);
-* ``mcnemar``: exact two-sided McNemar test on the examples only one of two models gets right;
+* ``discordant``: McNemar's two counts, the examples only one of two models gets right;
+* ``mcnemar``: exact two-sided McNemar test on those counts;
 * ``paired_seeds``: mean and std of per-seed differences with a paired t-test.
+
+tests/test_stats.py pins each against its reference: statsmodels' ``proportion_confint(method=
+"wilson")`` and ``mcnemar(exact=True)``, scipy's ``ttest_rel``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,21 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    # at 0 or n correct the centre and half-width are the same number computed two ways, so
+    # rounding can leave a bound a few 1e-17 outside [0, 1]
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def discordant(a: list[int], b: list[int], labels: list[int]) -> tuple[int, int]:
+    """(examples only ``a`` gets right, examples only ``b`` gets right): McNemar's b and c.
+    Examples both get right or both get wrong say nothing about which model is better."""
+    if not len(a) == len(b) == len(labels):  # zip would silently pair a prefix
+        raise ValueError(f"paired predictions need the same rows: {len(a)} and {len(b)} predictions, "
+                         f"{len(labels)} labels")
+    right_a = [p == t for p, t in zip(a, labels)]
+    right_b = [q == t for q, t in zip(b, labels)]
+    return (sum(x and not y for x, y in zip(right_a, right_b)),
+            sum(y and not x for x, y in zip(right_a, right_b)))
 
 
 def mcnemar(b: int, c: int) -> float:

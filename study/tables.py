@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from heft.stats import mcnemar, paired_seeds, wilson_interval
+from heft.stats import discordant, mcnemar, paired_seeds, wilson_interval
 from heft.store.artifacts import Artifact
 from heft.grids.diagnostics import flips, spectrum
 from study.spec import CellData
@@ -72,8 +72,9 @@ def compare(a: list[CellData], b: list[CellData]) -> dict:
     only_a = only_b = 0
     for s in seeds:
         (x, y), (z, _) = pa[s].predictions(), pb[s].predictions()
-        only_a += sum(p == t and q != t for p, q, t in zip(x, z, y))
-        only_b += sum(p != t and q == t for p, q, t in zip(x, z, y))
+        a_right, b_right = discordant(x, z, y)
+        only_a += a_right
+        only_b += b_right
     out.update(seeds=seeds, only_a_right=only_a, only_b_right=only_b, mcnemar_p=mcnemar(only_a, only_b))
     return out
 

@@ -19,7 +19,8 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "boolq_before_tasks.json
 
 
 def margins(store: ArtifactStore, art) -> list[float]:
-    rows = [json.loads(line) for line in (store.local_path(art) / "predictions.jsonl").read_text().splitlines()]
+    lines = (store.local_path(art) / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
     return [r["score_true"] - r["score_false"] for r in rows]
 
 

@@ -75,3 +75,27 @@ def test_presets_load(preset):
     assert cfg.lora.alpha == 32 and cfg.reft.rank == 4
     # the paper's LoRA rank 8, except MiniLM's validation-chosen recipe (all linear layers, r=16)
     assert cfg.lora.rank == (16 if "minilm" in preset else 8)
+
+
+@pytest.mark.parametrize("text,key,first,second", [
+    # a second section replaces the first whole: epochs and lr would fall back to defaults
+    ("lora:\n  epochs: 5\n  lr: 0.01\nreft: {layer: 2}\nlora:\n  rank: 4\n", "lora", 1, 5),
+    ("model: {name: x}\nlora:\n  rank: 8\n  epochs: 2\n  rank: 16\n", "lora.rank", 3, 5),
+    ("reft: {layer: 2, layer: 3}\n", "reft.layer", 1, 1),
+])
+def test_duplicate_keys_in_a_preset_are_refused_with_both_lines(tmp_path, text, key, first, second):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == (f"{path}: duplicate key '{key}' at line {second} (first at line {first}); "
+                              "YAML would silently keep only the last one")
+
+
+def test_duplicate_axes_in_a_grid_are_refused(tmp_path):
+    from heft.grids.spec import load_grid
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\npreset: deployments/stories-boolq.yaml\naxes:\n  reft.layer: [1, 2, 3]\n"
+                    "  lora.rank: [4, 8]\nseeds: [0]\naxes:\n  reft.layer: [1, 2]\n  lora.rank: [4, 8]\n")
+    with pytest.raises(ConfigError, match=rf"{grid}: duplicate key 'axes' at line 7 \(first at line 3\)"):
+        load_grid(str(grid))

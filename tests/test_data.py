@@ -130,3 +130,41 @@ def test_leakage_between_training_and_held_out_rows_is_refused(boolq_validation,
     doubled.write_text("".join(json.dumps(r) + "\n" for r in rows + rows))
     with pytest.raises(DataError, match=r"of the 50 held-out rows also occur in the training"):
         split_rows(DataConfig(source=str(doubled), holdout_size=50, valid_size=10))
+
+
+GOOD = {"question": "is it", "passage": "A story.", "label": True}
+
+
+def odd_file(tmp_path, odd: bytes, rows: int = 3000):
+    """A ~250 KB file whose row ``rows`` is ``odd``: the error must not carry the file."""
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes((json.dumps(GOOD) + "\n").encode() * rows + odd + b"\n" + json.dumps(GOOD).encode())
+    return path
+
+
+@pytest.mark.parametrize("odd,needle", [
+    ('{"question": "caf\xe9 ol\xe9", "passage": "p", "label": true}'.encode("latin-1"),
+     "row 3000: not UTF-8 text (byte 0xe9 at offset 17 of the line, near "
+     "b'{\"question\": \"caf\\xe9 ol\\xe9\", \"passage\": \"p\",')"),
+    (b"42", 'row 3000: expected a JSON object such as {"question": ...}, got int 42'),
+    (b'["is it", true]', 'row 3000: expected a JSON object such as {"question": ...}, got list ["is it"'),
+])
+def test_odd_lines_name_the_file_and_row_with_a_short_excerpt(tmp_path, odd, needle):
+    path = odd_file(tmp_path, odd)
+    with pytest.raises(DataError) as err:
+        split_rows(DataConfig(source=str(path), holdout_size=10, valid_size=10))
+    assert str(err.value).startswith(f"{path}: {needle}"), str(err.value)
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("odd,needle", [(b'{"question": "caf\xe9"}', "row 2: not UTF-8 text"),
+                                        (b"42", "row 2: expected a JSON object")])
+def test_predict_input_with_odd_lines_is_refused_naming_file_and_row(tmp_path, capsys, odd, needle):
+    from argparse import Namespace
+    from flows.model_cli import predict_command
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"question": "is it"}\n\n' + odd + b"\n")
+    args = Namespace(model="0" * 20, question=None, passage=None, input=str(path), output=None, root=None,
+                     tracking_uri=None, batch_size=8)
+    assert predict_command(args) == 2
+    assert capsys.readouterr().err.startswith(f"heft: error: {path}: {needle}")

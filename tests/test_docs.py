@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # a repository path in backticks or a markdown link: heft/run/execute.py, deployments/grids/, docs/x.md
-PATH = re.compile(r"(?:`|\]\()((?:\.\./shared/|\./)?(?:heft|flows|tasks|study|tests|bench|tools|docs|deployments"
-                  r"|\.ci|\.\./shared)/[\w./-]*)")
+PATH = re.compile(r"(?:`|\]\()((?:\.\./shared/|\./)?"
+                  r"(?:heft|flows|tasks|study|tests|bench|tools|docs|deployments|\.ci|\.\./shared)/[\w./-]*)")
 
 
 def reference_module():
@@ -54,6 +54,6 @@ def test_every_path_the_docs_name_exists():
 
 def test_the_path_check_sees_paths():
     """The check above must be able to fail: it finds the paths in a sentence, gone or not."""
-    found = named_paths("see `heft/run/execute.py`, [the grid](deployments/grids/paper.yaml) and `heft/gone.py`")
+    found = named_paths("see `heft/run/execute.py`, [the grid](deployments/grids/paper.yaml), `heft/gone.py`")
     assert found == {"heft/run/execute.py", "deployments/grids/paper.yaml", "heft/gone.py"}
     assert not (ROOT / "heft/gone.py").exists()

@@ -139,3 +139,104 @@ def test_a_killed_lock_holder_frees_the_key_within_the_lease(services, tiny_llam
     assert lora["started"] - killed_at < LEASE_S + 3  # taken over within the lease (+ renewal slack)
     assert len(builds) == len(built(log))  # still every key once: the killed holder published no LoRA
     assert verify_all(env, root, tmp_path) == 8
+
+
+def use_services(env, monkeypatch) -> None:
+    """This process as one more host of the stack (s3fs caches clients per endpoint)."""
+    import s3fs
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_holder_that_lost_its_lease_publishes_nothing(services, tmp_path, monkeypatch):
+    """Fencing: the lease runs out while a holder builds (suspended, a long GC pause), another
+    host takes the key and publishes.  The first holder must not write a single object over
+    the winner's artifact: it checks its lease before it publishes, and says that it lost it."""
+    from types import SimpleNamespace
+    from heft.config import LoraConfig
+    from heft.store.artifacts import ArtifactStore, Built
+    env, fs = services
+    use_services(env, monkeypatch)
+    root = "s3://heft-lease/fenced"
+    loser = ArtifactStore(root, cache=str(tmp_path / "host-a"))
+    winner = ArtifactStore(root, cache=str(tmp_path / "host-b"))
+    step = SimpleNamespace(stage="lora", key="f" * 20, parent_key=None, config=LoraConfig(), inputs={})
+
+    def write(payload: bytes):
+        def build(folder: Path) -> Built:
+            (folder / "adapter.bin").write_bytes(payload)
+            (folder / "history.json").write_text(json.dumps({"payload": payload.decode()}))
+            return Built()
+        return build
+
+    def suspended_past_the_lease(folder: Path) -> Built:
+        for name in loser.locks.client.keys("heft:lock:*"):  # what the lease's TTL does to a stopped holder
+            loser.locks.client.delete(name)
+        winner.get_or_build(step, None, write(b"winner"))
+        return write(b"the loser")(folder)
+    with pytest.raises(RuntimeError, match=f"lora {step.key}: the build lease was lost"):
+        loser.get_or_build(step, None, suspended_past_the_lease)
+    art = winner.find("lora", step.key)
+    assert art is not None and winner.verify(art) is None
+    assert (winner.open(art) / "adapter.bin").read_bytes() == b"winner"
+    objects = sorted(p.removeprefix("heft-lease/fenced/") for p in fs.find("heft-lease/fenced"))
+    assert objects == [f"lora/{step.key}/{n}" for n in ("adapter.bin", "history.json", "meta.json")]
+
+
+def test_a_lease_waiter_names_the_holder(services, tmp_path, monkeypatch, caplog):
+    import platform
+    import threading
+    from heft.store.locks import LeaseLock
+    env, _ = services
+    holder = LeaseLock(env["HEFT_LOCK_URL"], "report", lease_s=LEASE_S)
+    waiter = LeaseLock(env["HEFT_LOCK_URL"], "report", lease_s=LEASE_S, report_s=0.3)
+    entered = threading.Event()
+
+    def wait():
+        with waiter.hold("lora", "k"):
+            entered.set()
+    with caplog.at_level("WARNING", logger="heft.store.locks"):
+        with holder.hold("lora", "k"):
+            thread = threading.Thread(target=wait)
+            thread.start()
+            time.sleep(1.5)
+            assert not entered.is_set()
+        thread.join(timeout=10)
+    assert entered.is_set()
+    assert f"held by pid {os.getpid()} on {platform.node()} since" in caplog.text, caplog.text
+
+
+def listing(fs, root: str) -> dict[str, tuple]:
+    return {p: (i["size"], i.get("ETag"), str(i.get("LastModified")))
+            for p, i in fs.find(root, detail=True).items()}
+
+
+@pytest.mark.slow  # ~1-2 min: a full tiny run by the taker, then the suspended holder's resume
+def test_a_holder_suspended_past_its_lease_writes_nothing_on_resume(services, tiny_llama, keyword_data,
+                                                                    tmp_path):
+    """The issue's run: holder A is stopped (SIGSTOP) inside its LoRA build, host B takes the key
+    over after the lease and finishes the whole run; then A resumes.  A must stop with an error
+    that says it lost the lease, at its next checkpoint, and write 0 objects: the bucket is byte
+    for byte what B left."""
+    env, fs = services
+    root, log = "s3://heft-lease/suspended", tmp_path / "builds.jsonl"
+    holder = start(env, tmp_path, "a", str(tiny_llama), str(keyword_data), root, log)
+    for line in holder.stdout:
+        if line.startswith("EPOCH lora 1"):
+            break
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        taker = start(env, tmp_path, "b", str(tiny_llama), str(keyword_data), root, log)
+        out = taker.communicate(timeout=600)[0]
+        assert taker.returncode == 0, out
+        fs.invalidate_cache()
+        before = listing(fs, "heft-lease/suspended")
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    rest = holder.communicate(timeout=600)[0]
+    fs.invalidate_cache()
+    assert holder.returncode != 0 and "the build lease was lost" in rest, rest[-3000:]
+    assert rest.count("EPOCH lora") <= 1  # it stopped at its next epoch's checkpoint, not after 25 epochs
+    assert listing(fs, "heft-lease/suspended") == before
+    assert verify_all(env, root, tmp_path) == 8

@@ -151,3 +151,62 @@ def test_transient_s3_errors_are_retried_with_backoff(s3, stories, keyword_data,
     for name in ("data", "lora", "merge", "reft", "eval:heft"):
         assert store.verify(out[name]) is None, name
     print(f"S3 requests {proxy.requests}, injected 500s {proxy.injected}")
+
+
+def publish_bytes(store: ArtifactStore, key: str, payload: bytes):
+    with store.scratch("lora", key) as tmp:
+        (tmp / "adapter").mkdir()
+        (tmp / "adapter" / "w.bin").write_bytes(payload)
+        return store.publish(tmp, "lora", key, {"config": {"rank": 8}, "metrics": {}, "lineage": {}})
+
+
+@pytest.mark.parametrize("damage", ["resized", "same size"])
+def test_a_damaged_entry_on_s3_is_set_aside_and_its_rebuild_publishes(s3, tmp_path, caplog, damage):
+    """A resized file is seen by the lookup, a same-size one by the sha256 check when the files
+    are opened; either way the entry goes to .trash/ on the object store and a rebuild with
+    other bytes (LoRA and ReFT never reproduce theirs: history.json has timings) publishes."""
+    from heft.store.damage import DamagedArtifact
+    store = ArtifactStore(f"s3://heft-test/heal-{damage.replace(' ', '-')}", cache=str(tmp_path / "cache"))
+    art = publish_bytes(store, "k1", b"x" * 100)
+    entry = f"{store.base}/lora/k1"
+    s3.pipe(f"{entry}/adapter/w.bin", b"x" * 40 if damage == "resized" else b"z" * 100)
+    with caplog.at_level("WARNING"):
+        if damage == "resized":
+            assert store.find("lora", "k1") is None
+        else:
+            with pytest.raises(DamagedArtifact):
+                store.open(art)
+    assert "could not set aside" not in caplog.text
+    assert not s3.exists(f"{entry}/meta.json") and not s3.exists(f"{entry}/adapter/w.bin")
+    trashed = s3.find(f"{store.base}/.trash")
+    assert sorted(p.rsplit("/", 1)[-1] for p in trashed) == ["meta.json", "w.bin"], trashed
+    again = publish_bytes(store, "k1", b"y" * 100)
+    assert again.meta["build"]["id"] != art.meta["build"]["id"] and store.verify(again) is None
+    assert (store.open(again) / "adapter" / "w.bin").read_bytes() == b"y" * 100
+
+
+def test_a_local_copy_that_lost_its_meta_json_is_fetched_again(s3, tmp_path):
+    """The local cache copy of an s3:// artifact without meta.json (a crash, a cleaner) is
+    incomplete by definition: it is replaced by a fresh download, S3 being intact."""
+    store = ArtifactStore("s3://heft-test/recache", cache=str(tmp_path / "cache"))
+    art = publish_bytes(store, "k2", b"x" * 100)
+    folder = store.open(art)
+    (folder / "meta.json").unlink()
+    (folder / "adapter" / "w.bin").write_bytes(b"half")
+    again = store.open(store.find("lora", "k2"))
+    assert again == folder and (again / "meta.json").exists()
+    assert (again / "adapter" / "w.bin").read_bytes() == b"x" * 100
+
+
+def test_an_s3_export_destination_that_is_not_empty_is_refused(s3, monkeypatch):
+    from heft.inference import export as ex
+
+    def write(model, folder, pyreft_layout=True):
+        (folder / "model").mkdir()
+        (folder / "model" / "w.bin").write_bytes(model)
+        (folder / "heft.json").write_text("{}")
+    monkeypatch.setattr(ex, "write_folder", write)
+    ex.export(b"first", "s3://heft-test/exports/m")
+    with pytest.raises(FileExistsError, match="s3://heft-test/exports/m.*not empty"):
+        ex.export(b"second", "s3://heft-test/exports/m/")
+    assert s3.cat("heft-test/exports/m/model/w.bin") == b"first"

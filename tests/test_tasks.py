@@ -64,11 +64,12 @@ BAD = {
         [{"question": "q", "answer": "4"}], r"row 0: no field 'year'"),
     "a gold index out of range": (
         {"name": "custom", "kind": "choice", "template": "{question}"},
-        [{"question": "q", "choices": ["a", "b"], "label": 2}], r"row 0: field 'label' must be the gold choice's "
-                                                                 r"index in \[0, 1\], got 2"),
+        [{"question": "q", "choices": ["a", "b"], "label": 2}],
+        r"row 0: field 'label' must be the gold choice's index in \[0, 1\], got 2"),
     "fewer than two choices": (
         {"name": "custom", "kind": "choice", "template": "{question}"},
-        [{"question": "q", "choices": ["a"], "label": 0}], r"row 0: field 'choices' must be a list of at least two"),
+        [{"question": "q", "choices": ["a"], "label": 0}],
+        r"row 0: field 'choices' must be a list of at least two"),
     "an empty target": (
         {"name": "custom", "kind": "generate", "template": "{question}"},
         [{"question": "q", "answer": "  "}], r"row 0: field 'answer' must be a non-empty target text"),
@@ -84,7 +85,8 @@ def test_bad_rows_are_refused_before_any_work_naming_file_row_and_field(case, tm
     source = write(tmp_path / "mine.jsonl", rows + [rows[0]] * 3)
     root = tmp_path / "artifacts"
     cfg = RunConfig(model=ModelConfig(name="tiny"), task=TaskConfig(**task),
-                    data=DataConfig(source=str(source), holdout_size=1, valid_size=1), artifact_root=str(root))
+                    data=DataConfig(source=str(source), holdout_size=1, valid_size=1),
+                    artifact_root=str(root))
     with pytest.raises(DataError, match=message) as e:
         split_rows(dataset(cfg.task, cfg.data).data, resolve(cfg.task))
     assert "mine.jsonl" in str(e.value)
@@ -106,12 +108,13 @@ def test_bad_task_options_are_refused_when_the_config_is_built():
 
 
 def test_a_choice_task_on_an_encoder_is_refused_before_anything_is_written(tiny_bert, tmp_path):
-    source = write(tmp_path / "mc.jsonl", [{"question": f"is the cat happy {i}", "choices": ["a", "b"], "label": 0}
-                                          for i in range(20)])
+    rows = [{"question": f"is the cat happy {i}", "choices": ["a", "b"], "label": 0} for i in range(20)]
+    source = write(tmp_path / "mc.jsonl", rows)
     root = tmp_path / "artifacts"
     cfg = RunConfig(model=ModelConfig(name=str(tiny_bert)), task=TaskConfig(name="custom", kind="choice",
                                                                              template="{question}"),
-                    data=DataConfig(source=str(source), holdout_size=5, valid_size=5), artifact_root=str(root),
+                    data=DataConfig(source=str(source), holdout_size=5, valid_size=5),
+                    artifact_root=str(root),
                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ConfigError, match="task.kind='choice'.*seq-cls model .*no LM head"):
         validate(plan(cfg))
@@ -128,7 +131,8 @@ def keyword_rows(kind: str, n: int = 300) -> list[dict]:
         question = f"is {subject} {'happy' if happy else 'sad'} today, story {i}"  # distinct rows: no overlap
         if kind == "choice":
             choices = ["true", "false"] if rng.random() < 0.5 else ["false", "true"]
-            rows.append({"question": question, "choices": choices, "label": choices.index("true" if happy else "false")})
+            gold = choices.index("true" if happy else "false")
+            rows.append({"question": question, "choices": choices, "label": gold})
         else:
             rows.append({"question": question, "answer": "true" if happy else "false"})
     return rows

@@ -130,7 +130,7 @@ def test_validation_skips_what_finished_artifacts_prove(stories, keyword_data, t
     import shutil
     import subprocess
     import sys
-    from heft import validate as v
+    from heft.run import validate as v
     from heft.run.execute import run_pipeline
     from heft.modes import MODES
     from heft.plan import plan

@@ -1,6 +1,6 @@
 """Mutation check: break the code on purpose, one change at a time, and see which test fails.
 
-    .venv/bin/python tools/mutations.py                 # every mutation, ~15 min on 2 cores
+    .venv/bin/python tools/mutations.py                 # all 23 mutations: 7 min on 2 busy cores
     .venv/bin/python tools/mutations.py --only "skipped cache lookup"
 
 Each mutation is a textual edit of one file, applied in a scratch copy of the checkout (the
@@ -52,8 +52,8 @@ MUTATIONS = [
              'return cls(loreft.eval(), spec["layer"], "l1")',
              ("tests/test_tiny.py::test_reloaded_intervention_keeps_layer_positions_and_outputs",)),
     Mutation("merge without the update", "heft/stages/merge.py",
-             "merged = peft_model.merge_and_unload(safe_merge=cfg.safe_merge)",
-             "merged = peft_model.unload()",
+             "return peft_model.float().merge_and_unload(safe_merge=safe_merge)",
+             "return peft_model.float().unload()",
              ("tests/test_behaviour.py::test_heft_passes_the_threshold_only_through_the_merged_lora",)),
     Mutation("merge that skips its own check", "heft/stages/merge.py",
              "        if relative > TOLERANCE:", "        if False:",
@@ -85,6 +85,50 @@ MUTATIONS = [
              "        if (problem := self.content_problem(art, folder)) is not None:",
              "        if False and (problem := self.content_problem(art, folder)) is not None:",
              ("tests/test_damage.py",)),
+    # issue 40: the numbers users read (intervals, paired tests, the champion, the answer's
+    # direction) and the checks that only ../shared tests caught before
+    Mutation("Wilson interval with z=1.0", "heft/stats.py",
+             "def wilson_interval(correct: int, n: int, z: float = 1.96)",
+             "def wilson_interval(correct: int, n: int, z: float = 1.0)",
+             ("tests/test_stats.py",)),
+    Mutation("McNemar counting concordant pairs", "heft/stats.py",
+             "    return (sum(x and not y for x, y in zip(right_a, right_b)),\n"
+             "            sum(y and not x for x, y in zip(right_a, right_b)))",
+             "    return (sum(x and y for x, y in zip(right_a, right_b)),\n"
+             "            sum(not x and not y for x, y in zip(right_a, right_b)))",
+             ("tests/test_stats.py",)),
+    Mutation("seeds compared unpaired", "heft/stats.py",
+             "stats.ttest_rel(a, b)", "stats.ttest_ind(a, b)",
+             ("tests/test_stats.py",)),
+    Mutation("champion by held-out accuracy in the grid report", "heft/grids/report.py",
+             'champion([r["valid_mean"] for r in rows])', 'champion([r["mean"] for r in rows])',
+             ("tests/test_champion.py",)),
+    Mutation("champion by held-out accuracy at registration", "flows/grid_flow.py",
+             "champion([r.valid_accuracy for r in results])", "champion([r.accuracy for r in results])",
+             ("tests/test_champion.py",)),
+    Mutation("' true' and ' false' answer tokens swapped", "heft/modeling/models.py",
+             "for label in (False, True):", "for label in (True, False):",
+             ("tests/test_answer_direction.py::test_zero_shot_evaluation_follows_the_models_own_preference",
+              "tests/test_answer_direction.py::test_word_level_tokenizer_of_the_tiny_llama")),
+    Mutation("intervention one block too deep at evaluation", "heft/modeling/scoring.py",
+             "layers = models.transformer_layers(model) if intervention else None",
+             "layers = models.transformer_layers(model)[1:] if intervention else None",
+             ("tests/test_reft_tiny.py::test_evaluation_scores_equal_a_forward_with_the_edit_at_the_configured_block",)),
+    Mutation("intervention hooked one block too deep", "heft/modeling/loreft.py",
+             "self._handle = layers[self.layer].register_forward_hook(self._hook)",
+             "self._handle = layers[self.layer + 1].register_forward_hook(self._hook)",
+             ("tests/test_reft_tiny.py",)),
+    Mutation("AdamW weight decay 0.01 on the rotation", "heft/modeling/training.py",
+             "lr=cfg.lr, weight_decay=0.0)", "lr=cfg.lr, weight_decay=0.01)",
+             ("tests/test_reft_tiny.py::test_training_keeps_the_rotation_orthonormal_and_the_intervention_alive",)),
+    Mutation("merge scaled by alpha instead of alpha/r", "heft/stages/merge.py",
+             "    peft_model, _ = load_for_eval(inputs)\n    return",
+             "    peft_model, _ = load_for_eval(inputs)\n"
+             "    for m in peft_model.modules():\n"
+             "        if hasattr(m, 'lora_alpha'):\n"
+             "            m.scaling = {k: m.lora_alpha[k] for k in m.scaling}\n"
+             "    return",
+             ("tests/test_merge_check.py::test_a_correct_merge_passes_its_check",)),
 ]
 
 

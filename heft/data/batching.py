@@ -11,11 +11,21 @@ appended after one space: the gold choice or the target text plus the end-of-seq
 prompt only (heft/modeling/loreft.py) and the LM loss covers the continuation only
 (heft/modeling/sequences.py).  Over-long sequences lose the start of their prompt (its end, the
 cue the answer follows, is kept) and then the end of their continuation.
+
+Over-long questions, the stated rule: in the passage format a question keeps at most
+``max_length // 2`` tokens (``question_cap``); a longer one is cut to its first that many
+tokens, with a warning, and then the passage is truncated to fit as before (an encoder
+truncates the passage's end, ``only_second``; a causal LM's prompt is truncated from the left,
+i.e. the passage's start).  So every prompt reads the question's start *and* some passage.
+Without the rule an encoder's tokenizer failed mid-stage on a question longer than
+max_length ("Sequence to truncate too short"), and a causal LM silently dropped the whole
+passage.  Rows whose questions fit are encoded exactly as before.
 """
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +33,7 @@ from heft.data.prompts import prompt
 from heft.data.task import Task, render
 
 MEGABATCH = 50
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Encoded:
     labels: list[int]                       # label: 0/1; choice: the gold index; generate: 0
     prompt_lengths: list[int] | None = None  # tokens of each prompt (None: all of the sequence)
     owners: list[int] | None = None         # the row each sequence belongs to (choice: one per choice)
+    cut_questions: list[int] = field(default_factory=list)  # rows whose question was cut (see above)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,10 +52,39 @@ class Encoded:
         return self.prompt_lengths[i] if self.prompt_lengths is not None else len(self.input_ids[i])
 
 
+def question_cap(max_length: int) -> int:
+    """The most tokens a question keeps in the passage format: half of max_length."""
+    return max(1, max_length // 2)
+
+
+def cut_questions(questions: list[str], tok, max_length: int) -> dict[int, str]:
+    """{row: the question cut to its first ``question_cap`` tokens} for each question longer
+    than that (tokens counted without special tokens); the cut is made in the text, at the
+    end of the last kept token, so the kept part tokenizes as it did inside the question."""
+    cap = question_cap(max_length)
+    fast = getattr(tok, "is_fast", False)
+    enc = tok(questions, add_special_tokens=False, return_offsets_mapping=fast)
+    out = {}
+    for i, ids in enumerate(enc["input_ids"]):
+        if len(ids) > cap:
+            out[i] = (questions[i][:enc["offset_mapping"][i][cap - 1][1]] if fast
+                      else tok.convert_tokens_to_string(tok.convert_ids_to_tokens(ids[:cap])))
+    return out
+
+
 def encode(rows: list[dict], tok, fmt: str, family: str, max_length: int) -> Encoded:
     """A label task's rows: BoolQ's question and passage (prompts.py), or a templated prompt."""
     causal = family == "causal-lm"
-    texts = [(r["prompt"], None) if "prompt" in r else prompt(r, fmt, causal) for r in rows]
+    templated = rows and "prompt" in rows[0]  # a label task with its own template: no question field
+    cut = cut_questions([r["question"] for r in rows], tok, max_length) \
+        if fmt == "passage" and not templated else {}
+    if cut:
+        log.warning("%d of %d rows: question longer than %d tokens (half of max_length=%d), cut to its "
+                    "first %d tokens so that the passage is read too (rows %s)", len(cut), len(rows),
+                    question_cap(max_length), max_length, question_cap(max_length),
+                    ", ".join(map(str, sorted(cut)[:5])) + (", ..." if len(cut) > 5 else ""))
+        rows = [dict(r, question=cut[i]) if i in cut else r for i, r in enumerate(rows)]
+    texts = [(r["prompt"], None) if templated else prompt(r, fmt, causal) for r in rows]
     first = [t[0] for t in texts]
     pairs = [t[1] for t in texts]
     if all(p is not None for p in pairs):
@@ -51,7 +92,7 @@ def encode(rows: list[dict], tok, fmt: str, family: str, max_length: int) -> Enc
     else:
         enc = tok(first, truncation=True, max_length=max_length)
     return Encoded(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"),
-                   labels=[int(r["label"]) for r in rows])
+                   labels=[int(r["label"]) for r in rows], cut_questions=sorted(cut))
 
 
 def prompt_ids(tok, text: str) -> list[int]:

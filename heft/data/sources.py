@@ -38,16 +38,41 @@ def _read_jsonl(url: str) -> list[dict]:
     # with a HEAD first, and a failed HEAD on S3 can make s3fs read an empty file silently.
     fs, path = url_to_fs(url)
     try:
-        text = fs.cat_file(path).decode("utf-8")
+        data = fs.cat_file(path)
     except FileNotFoundError:
         raise DataError(f"data source {url!r} does not exist") from None
+    return parse_jsonl(data, url)
+
+
+EXCERPT = 40  # bytes of a bad line quoted in an error: enough to find it, never the whole file
+
+
+def parse_jsonl(data: bytes, where: str) -> list[dict]:
+    """The JSON object on each non-blank line of ``data``; a line that is not UTF-8, not JSON
+    or not an object raises DataError naming ``where`` and the row (0-based line number) with
+    a short excerpt.  Decoding line by line matters: a decode error of the whole file carries
+    the whole file, and Prefect's error log printed all 480 KB of it."""
     rows = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{url}: row {i}: not valid JSON ({e.msg})") from None
+    for i, raw in enumerate(data.splitlines()):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            start = max(0, e.start - EXCERPT // 2)
+            raise DataError(f"{where}: row {i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                            f"{e.start} of the line, near {raw[start:start + EXCERPT]!r}); "
+                            "save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: row {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            shown = line.strip()
+            shown = shown if len(shown) <= EXCERPT else shown[:EXCERPT] + "..."
+            raise DataError(f"{where}: row {i}: expected a JSON object such as {{\"question\": ...}}, "
+                            f"got {type(row).__name__} {shown}")
+        rows.append(row)
     return rows
 
 

@@ -79,10 +79,19 @@ def aggregate(results: list[CellResult]) -> list[dict]:
     return list(rows.values())
 
 
+def champion(valid: list[float | None]) -> int | None:
+    """Index of the best validation accuracy (ties: the first), None when nothing has one.
+    The grid report's best row and the registered champion (flows/grid_flow.py) are both
+    chosen here, and only from validation accuracies: choosing on the held-out rows would
+    make the held-out number reported for the choice optimistic."""
+    scored = [i for i, v in enumerate(valid) if v is not None]
+    return max(scored, key=lambda i: (valid[i], -i)) if scored else None
+
+
 def best_row(rows: list[dict]) -> dict | None:
     """The row with the best mean validation accuracy (never chosen by held-out accuracy)."""
-    scored = [r for r in rows if r["valid_mean"] is not None]
-    return max(scored, key=lambda r: r["valid_mean"]) if scored else None
+    best = champion([r["valid_mean"] for r in rows])
+    return None if best is None else rows[best]
 
 
 def markdown(spec: GridSpec, rows: list[dict]) -> str:

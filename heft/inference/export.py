@@ -11,19 +11,47 @@
     <folder>/README.md                the model card
 A destination URL (``s3://...``) gets the same files, written locally first and uploaded
 with heft.json last, so a half-uploaded export is never taken for a model.
+
+Content checks at the exit: heft.json lists every other file's size and sha256 and carries a
+digest of its own content, and ``load_export`` checks both before any weights load.  A flipped
+bit in the weights changed a served probability from 0.7773 to 0.7663 with no warning (MLflow
+and Hugging Face verify nothing on load), so a mismatch is refused with the file named; the
+MLflow model's copy of an export is such a folder and is checked the same way.  The sha256 of
+a file is trusted while its stamp is unchanged (heft/store/hashing.py), as in the store.
+
+A destination must be empty or absent, locally and on an object store; of two exports into
+one empty folder at once, the second to finish is refused (the folder appears by one rename).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib.metadata
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+from heft.config import ConfigError
 from heft.inference.card import model_card
 from heft.inference.model import HeftModel
+from heft.store.damage import content_problem
+from heft.store.hashing import StampCache, sha256_file
+from heft.store.space import named_when_full
 
 FORMAT = 1
+SPEC = "heft.json"
+log = logging.getLogger(__name__)
+
+
+class DamagedExport(ConfigError):
+    """An exported folder whose files do not match the sha256 in its heft.json."""
+
+    def __init__(self, folder: Path | str, problem: str):
+        super().__init__(f"exported model {str(folder)!r}: {problem}; refusing to load it "
+                         "(export the model again, or restore the file)")
+        self.problem = problem
 
 
 def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
@@ -31,13 +59,23 @@ def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
     ``pyreft_layout`` the intervention is in heft's files only (MLflow refuses the '#' that
     pyvene puts in its file names, so the MLflow model bundles an export without them)."""
     if "://" in dest and not dest.startswith("file://"):
+        from heft.store.fs import url_to_fs
+        fs, path = url_to_fs(dest)
+        path = path.rstrip("/")
+        fs.invalidate_cache(path)
+        if fs.find(path):  # as for a local folder: never overwrite what is there
+            raise FileExistsError(f"export destination {dest!r} exists and is not empty")
         with tempfile.TemporaryDirectory(prefix="heft-export-") as tmp:
-            write_folder(model, Path(tmp), pyreft_layout)
-            from heft.store.fs import url_to_fs
-            fs, path = url_to_fs(dest)
-            for f in sorted(p for p in Path(tmp).rglob("*") if p.is_file() and p.name != "heft.json"):
-                fs.put_file(str(f), f"{path.rstrip('/')}/{f.relative_to(tmp).as_posix()}")
-            fs.put_file(str(Path(tmp) / "heft.json"), f"{path.rstrip('/')}/heft.json")  # last: complete
+            with named_when_full(tmp, f"exporting to {dest} (written locally first)"):
+                write_folder(model, Path(tmp), pyreft_layout)
+            for f in sorted(p for p in Path(tmp).rglob("*") if p.is_file() and p.name != SPEC):
+                fs.put_file(str(f), f"{path}/{f.relative_to(tmp).as_posix()}")
+            try:  # last, create-if-absent: complete, and a concurrent export's heft.json is kept
+                fs.pipe_file(f"{path}/{SPEC}", (Path(tmp) / SPEC).read_bytes(), mode="create")
+            except FileExistsError:
+                raise FileExistsError(f"export destination {dest!r} was written by another export at the "
+                                      "same time; its heft.json is kept (a file of ours that replaced one "
+                                      "of theirs fails its sha256 check on load)") from None
         return dest
     folder = Path(dest.removeprefix("file://"))
     if folder.exists() and any(folder.iterdir()):
@@ -45,10 +83,15 @@ def export(model: HeftModel, dest: str, pyreft_layout: bool = True) -> str:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".heft-export-", dir=folder.parent))
     try:
-        write_folder(model, tmp, pyreft_layout)
-        if folder.exists():
-            folder.rmdir()
-        tmp.rename(folder)  # atomic: the folder appears complete or not at all
+        with named_when_full(tmp, f"exporting to {folder}"):
+            write_folder(model, tmp, pyreft_layout)
+        try:  # atomic: the folder appears complete or not at all (rename replaces an empty folder)
+            tmp.rename(folder)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"export destination {str(folder)!r} was filled by another export "
+                                      "while this one was writing; this one kept nothing") from None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)
@@ -74,7 +117,44 @@ def write_folder(model: HeftModel, folder: Path, pyreft_layout: bool = True) -> 
         spec["intervention"] = {"layer": iv.layer, "positions": iv.positions, "component": "block_output",
                                 "low_rank_dimension": iv.loreft.rank, "embed_dim": iv.loreft.embed_dim}
     (folder / "README.md").write_text(model_card(spec))
-    (folder / "heft.json").write_text(json.dumps(spec, indent=2))
+    spec["files"] = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                     for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / SPEC}
+    spec["digest"] = spec_digest(spec)
+    (folder / SPEC).write_text(json.dumps(spec, indent=2))
+
+
+def spec_digest(spec: dict) -> str:
+    """sha256 of heft.json's content without its digest: an edit that still parses (a max
+    length, an answer token, a file's recorded sha256) is caught like a flipped weight."""
+    body = {k: v for k, v in spec.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_spec(folder: Path) -> dict:
+    """An export's heft.json, refused (DamagedExport) unless it parses and matches its digest."""
+    try:
+        spec = json.loads((folder / SPEC).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedExport(folder, f"{SPEC} is not valid JSON text ({e})") from None
+    if not isinstance(spec, dict):
+        raise DamagedExport(folder, f"{SPEC} is not valid: not a JSON object")
+    if "digest" in spec and spec_digest(spec) != spec["digest"]:
+        raise DamagedExport(folder, f"{SPEC}: its content differs from its digest")
+    if "files" in spec and "digest" not in spec:  # an older heft wrote neither
+        raise DamagedExport(folder, f"{SPEC} is not valid: it lists files but has no digest")
+    return spec
+
+
+def check_export(folder: Path) -> dict:
+    """heft.json, once every file it lists matches its size and sha256 (else DamagedExport)."""
+    spec = read_spec(folder)
+    if "files" not in spec:  # written before exports carried their sha256
+        log.warning("exported model %s lists no sha256 of its files (an older heft wrote it): not checked",
+                    folder)
+        return spec
+    if (problem := content_problem(spec["files"], folder, StampCache(), record=SPEC)) is not None:
+        raise DamagedExport(folder, problem)
+    return spec
 
 
 def pyreft_key(layer: int) -> str:
@@ -104,7 +184,7 @@ def load_export(folder: Path) -> HeftModel:
     """An exported folder back as a HeftModel (no store, no MLflow)."""
     from heft.modeling import models
     from heft.modeling.loreft import Intervention
-    spec = json.loads((folder / "heft.json").read_text())
+    spec = check_export(folder)  # before any weights are read
     if spec.get("format") != FORMAT:
         raise ValueError(f"{folder}: export format {spec.get('format')!r}, this heft reads {FORMAT}")
     dtype = spec["card"].get("model_config", {}).get("dtype", "float32")

@@ -14,8 +14,10 @@ is a ``ReferenceError_`` naming the reference, raised before any weights are loa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 from heft.config import ConfigError
@@ -28,6 +30,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_STAGES = ("reft", "merge", "lora", "base")
 EXPORT_FILE = "heft.json"
 REFERENCE_FILE = "reference.json"
+log = logging.getLogger(__name__)
 
 
 class ModelReferenceError(ConfigError):
@@ -43,7 +46,8 @@ def prompt_format(resolved: tuple) -> str:
     """The prompt format of a resolved model ('passage' or 'question'), read without loading it."""
     kind, where = resolved
     if kind == "export":
-        return json.loads((Path(where) / EXPORT_FILE).read_text())["prompt_format"]
+        from heft.inference.export import read_spec
+        return read_spec(Path(where))["prompt_format"]
     return where[1].meta["lineage"]["format"]
 
 
@@ -100,7 +104,14 @@ def resolve_url(url: str):
     fs, path = url_to_fs(url)
     if fs.exists(f"{path.rstrip('/')}/{EXPORT_FILE}"):
         from heft.store.hashing import cache_dir
+        from heft.inference.export import DamagedExport, check_export
         local = cache_dir() / "exports" / re.sub(r"[^A-Za-z0-9._-]+", "_", url)
+        if (local / EXPORT_FILE).exists():
+            try:
+                check_export(local)
+            except DamagedExport as e:  # the local copy may be bad while the remote one is good
+                log.warning("%s; downloading it again from %s", e, url)
+                shutil.rmtree(local, ignore_errors=True)
         if not (local / EXPORT_FILE).exists():
             fs.get(path.rstrip("/") + "/", str(local), recursive=True)
         return "export", str(local)

@@ -1,6 +1,6 @@
 """LoReFT as a forward hook: h <- h + R^T (W h + b - R h) at chosen positions of one block.
 
-Why our own ~100 lines instead of pyreft's ReftModel (measured, see README):
+Why our own ~100 lines instead of pyreft's ReftModel (measured: docs/design.md, "Decisions"):
   * pyreft 0.1.0 pins transformers==4.45.1; on transformers 5.x its trainer breaks
     (tokenizer=/num_items_in_batch), ``load_intervention`` hard-codes cuda:0, and
     ``ReftModel.load`` rebuilds ``learned_source`` in bfloat16 whatever it was saved in.

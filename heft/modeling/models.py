@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from heft.config import ConfigError, ModelConfig
-from heft.data.prompts import ANSWER_CUE
+from heft.data.prompts import ANSWER_CUE, ANSWERS
 from heft.modeling.loreft import check_right_padded
 from heft.modeling.names import resolve_name
 
@@ -80,8 +80,8 @@ def answer_token_ids(tok) -> tuple[int, int]:
     """
     prefix = tok(ANSWER_CUE, add_special_tokens=False).input_ids
     ids = []
-    for word in ("false", "true"):
-        full = tok(f"{ANSWER_CUE} {word}", add_special_tokens=False).input_ids
+    for label in (False, True):  # column int(label), as the data's labels: 0 = ' false', 1 = ' true'
+        full = tok(f"{ANSWER_CUE} {ANSWERS[label]}", add_special_tokens=False).input_ids
         ids.append(full[len(prefix)])
     if ids[0] == ids[1]:
         raise ConfigError(f"tokenizer maps ' false' and ' true' to the same first token {ids[0]}")

@@ -11,6 +11,8 @@ without writing anything:
 * the data: every row of every split is read and checked (fields, boolean labels,
   passages in passage format), and the split sizes, unless the data artifact for the
   same content key is already in the store (then it was checked when it was built);
+  questions longer than half of model.max_length tokens are counted and reported with the
+  rule that will cut them (heft/data/batching.py), by the model's own tokenizer;
 * the artifact root: the URL must resolve to a filesystem; a local root's nearest
   existing folder must take a probe file, a remote root a probe object, each deleted at
   once (no folder is created).
@@ -23,6 +25,7 @@ Every error is a ``ConfigError`` whose message starts with the option and its va
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -37,6 +40,8 @@ from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.locks import LeaseLock
 from heft.tracking.client import probe
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Checked:
@@ -45,6 +50,7 @@ class Checked:
     built: dict[str, Artifact]
     steps: int
     model: dict | None = field(default=None)
+    cut_questions: dict[str, int] = field(default_factory=dict)  # split -> questions the rule cuts
 
     @property
     def all_built(self) -> bool:
@@ -107,6 +113,21 @@ def check_artifact_root(root: str) -> ArtifactStore:
     return store
 
 
+def long_questions(rows: dict[str, list[dict]], tok, max_length: int) -> dict[str, int]:
+    """{split: rows whose question the stated rule will cut}, reported before any training:
+    before the rule, an encoder failed on such a row mid-stage ("Sequence to truncate too short")."""
+    from heft.data.batching import cut_questions, question_cap
+    counts = {split: len(cut_questions([r["question"] for r in part], tok, max_length))
+              for split, part in rows.items()}
+    if any(counts.values()):
+        cap = question_cap(max_length)
+        log.warning("data: %s row(s) have a question longer than %d tokens (half of model.max_length=%d): "
+                    "each is cut to its first %d tokens, then the passage fills the rest "
+                    "(heft/data/batching.py)", ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+                    cap, max_length, cap)
+    return counts
+
+
 def validate(the_plan: Plan) -> Checked:
     """Check everything that can be checked cheaply before any training starts; write nothing."""
     cfg = the_plan.config
@@ -121,9 +142,10 @@ def validate(the_plan: Plan) -> Checked:
     if "base" in done and cfg.model.gguf_file:  # the base stage has de-quantized it: read that copy
         from heft.stages.inputs import StageInputs
         base = done["base"]
-        hf_config = models.auto_config(StageInputs.of(base, store).resolve(base.lineage("weights")))
+        source = (StageInputs.of(base, store).resolve(base.lineage("weights")), "")
     else:
-        hf_config = models.auto_config(cfg.model.name, cfg.model.gguf_file)  # unknown model fails here
+        source = (cfg.model.name, cfg.model.gguf_file)
+    hf_config = models.auto_config(*source)  # an unknown model fails here
     family = models.family_of(cfg.model, hf_config)
     depth, hidden = models.depth_of(hf_config), int(hf_config.hidden_size)
     dataset = the_plan["data"].config
@@ -141,6 +163,10 @@ def validate(the_plan: Plan) -> Checked:
         skeleton = model_skeleton(family, hf_config)
         check_lora_rank(cfg.lora.rank, target_modules(cfg.lora, skeleton), skeleton)
     if "data" not in done:
-        split_rows(dataset.data, dataset.task)
+        rows, _ = split_rows(dataset.data, dataset.task)
+        if dataset.task.kind == "label" and not dataset.task.template and cfg.data.format == "passage" \
+                and not source[1]:  # BoolQ's passage prompt; a GGUF tokenizer is counted by the stage
+            tok = models.load_tokenizer(source[0], family, source[1])
+            checked.cut_questions = long_questions(rows, tok, cfg.model.max_length)
     checked.model = {"family": family, "depth": depth, "hidden_size": hidden}
     return checked

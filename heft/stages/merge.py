@@ -7,6 +7,13 @@ whole vocabulary at every token, for an encoder every token's last hidden state 
 class scores: not only the answer logits), and record the largest difference in the
 artifact's metrics.
 
+The check is independent of the merge: the reference is the adapter's own forward pass
+(x W + (x A) B alpha/r, what the LoRA evaluation scored), computed on its own loaded copy
+before anything is merged; the merge is done on a second copy (``merged_copy``).  With one
+model object for both, whatever was done to it on the way to the merge before the reference
+was taken (say, its scaling set to alpha instead of alpha/r) moved the reference too, and the
+check passed.
+
 The check runs in float32 whatever the model's dtype: the low-precision base is upcast
 (exactly) and the adapter already is float32, so base + adapter and W + dW differ by float32
 rounding alone (3e-7 to 4e-5 of the outputs' scale measured: MiniLM and stories260K on the
@@ -56,6 +63,12 @@ def full_outputs(model, batch: dict, family: str, pooling: str, answer_ids) -> t
     return torch.cat([hidden[real].float().flatten(), scores.float().flatten()])
 
 
+def merged_copy(inputs: StageInputs, safe_merge: bool):
+    """A freshly loaded base + adapter with the update folded into the weights, in float32."""
+    peft_model, _ = load_for_eval(inputs)
+    return peft_model.float().merge_and_unload(safe_merge=safe_merge)
+
+
 def merge_lora(cfg: MergeConfig, parent: Artifact, ctx: Context) -> Built:
     if parent.stage != "lora":
         raise ValueError(f"merge needs a lora artifact, got {parent.stage!r}")
@@ -67,14 +80,14 @@ def merge_lora(cfg: MergeConfig, parent: Artifact, ctx: Context) -> Built:
     # a small sample, the longest rows: full outputs of a causal LM are rows x tokens x vocabulary
     longest = eval_batches(enc, CHECK_ROWS)[-1]
     batch = to_device(collate(enc, longest, tok.pad_token_id), models.device())
-    peft_model, _ = load_for_eval(inputs)
 
     def outputs(model):
         return full_outputs(model, batch, inputs.family, inputs.model_cfg.pooling, inputs.answer_ids(tok))
     with torch.no_grad():  # float32 weights and matmuls: the check sees the merge's arithmetic alone
-        peft_model.float()
-        before = outputs(peft_model)
-        merged = peft_model.merge_and_unload(safe_merge=cfg.safe_merge)
+        adapted, _ = load_for_eval(inputs)
+        before = outputs(adapted.float())  # base + adapter, unmerged: the reference
+        del adapted  # one model in memory at a time
+        merged = merged_copy(inputs, cfg.safe_merge)
         after = outputs(merged)
         scale = max(1.0, float(before.abs().max()))
         diff = float((before - after).abs().max())

@@ -1,3 +1,4 @@
-"""Where artifacts live and what they are called: keys (keys.py), content fingerprints of
-data and models (fingerprints.py), file hashing (hashing.py), the artifact store
-(artifacts.py), build locks (locks.py), epoch checkpoints (checkpoints.py), fsspec (fs.py)."""
+"""Where artifacts live and what they are called: keys (keys.py), file hashing (hashing.py),
+the artifact store (artifacts.py), damaged entries (damage.py), build locks (locks.py), epoch
+checkpoints (checkpoints.py), fsspec (fs.py), full disks named (space.py).  Content fingerprints
+of the data and models a run reads are heft/fingerprints.py."""

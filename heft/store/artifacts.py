@@ -10,6 +10,16 @@ we waited), lets ``build`` fill a fresh local folder and publishes it.  Publishi
 on a local root one ``os.rename``; on an object store the files first and ``meta.json``
 last, so an entry counts as complete only once its meta.json exists.
 
+Fencing on object stores: the files are uploaded under a per-attempt prefix
+(``<root>/.tmp/<stage>-<key>-<attempt>/``) and copied into the artifact's place (server-side)
+only after the build lock is confirmed to be still ours (``Held.check``, heft/store/locks.py),
+before and after the upload and again before meta.json.  A holder whose lease ran out while it
+was suspended used to write its files over the artifact the next holder had published; now it
+raises LeaseLost and writes nothing.  The copy costs a server-side copy of each file (no
+download); an attempt killed mid-upload leaves its prefix under ``.tmp/``, never a half-written
+entry in the artifact's place.  A disk that fills up while a stage writes or publishes is named
+with the free space (heft/store/space.py).
+
 A lookup (``find``) reads meta.json and compares every listed file's size against one
 listing of the folder (cheap, also on S3).  An unreadable or malformed meta.json, or a
 missing or resized file, makes the entry *damaged*: it is logged with the artifact named,
@@ -27,6 +37,7 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,10 +46,19 @@ from heft.store.fs import is_local, normalize_root, url_to_fs
 from heft.store.damage import DamagedArtifact, content_problem, remember, set_aside
 from heft.store.hashing import StampCache, cache_dir, sha256_file
 from heft.store.keys import FORMAT_VERSION, digest, key_payload
-from heft.store.locks import FileLock, LeaseLock, lock_name
+from heft.store.locks import FileLock, Held, LeaseLock, lock_name
+from heft.store.space import named_when_full
 
 META = "meta.json"
 log = logging.getLogger(__name__)
+# the build lock of the build running in this thread: what a checkpoint publish checks
+_HELD: ContextVar[Held | None] = ContextVar("heft_held_lock", default=None)
+UNFENCED = Held("", "")  # publishing outside a build (tests, tools): nothing to check
+
+
+def check_held() -> None:
+    """Raise LeaseLost if the build running in this thread no longer holds its key's lease."""
+    (_HELD.get() or UNFENCED).check()
 
 
 @dataclass(frozen=True)
@@ -185,12 +205,17 @@ class ArtifactStore:
         under the key's lock and published.  Nothing is visible until it is complete."""
         if (found := self.find(step.stage, step.key)) is not None:
             return found
-        with self.lock(step.stage, step.key):
+        with self.lock(step.stage, step.key) as held:
             if (found := self.find(step.stage, step.key)) is not None:
                 return found  # another run built it while we waited
             with self.scratch(step.stage, step.key) as tmp:
                 started = time.time()
-                built = build(tmp)
+                token = _HELD.set(held)  # epoch checkpoints published during the build are fenced too
+                try:
+                    with named_when_full(tmp, f"building {step.stage} {step.key}"):
+                        built = build(tmp)
+                finally:
+                    _HELD.reset(token)
                 inherited = dict(parent.meta.get("lineage", {})) if parent else {}
                 inherited.update(built.lineage)
                 meta = {"stage": step.stage, "key": step.key, "parent": step.parent_key,
@@ -199,14 +224,15 @@ class ArtifactStore:
                         "config": dataclasses.asdict(step.config), "metrics": built.metrics,
                         "lineage": inherited, "build": {"started": started, "finished": time.time(),
                                                         **built.provenance}}
-                art = self.publish(tmp, step.stage, step.key, meta)
+                with named_when_full(tmp, f"publishing {step.stage} {step.key}"):
+                    art = self.publish(tmp, step.stage, step.key, meta, held=held)
                 log_build(art)
                 return art
 
     @contextmanager
-    def lock(self, stage: str, key: str) -> Iterator[None]:
-        with self.locks.hold(stage, key):
-            yield
+    def lock(self, stage: str, key: str) -> Iterator[Held]:
+        with self.locks.hold(stage, key) as held:
+            yield held
 
     @contextmanager
     def scratch(self, stage: str, key: str) -> Iterator[Path]:
@@ -238,9 +264,11 @@ class ArtifactStore:
             log.warning("removed %d scratch folder(s) of builds that were killed: %s", len(removed), removed)
         return removed
 
-    def publish(self, tmp: Path, stage: str, key: str, meta: dict) -> Artifact:
+    def publish(self, tmp: Path, stage: str, key: str, meta: dict, held: Held | None = None) -> Artifact:
         """Add the file manifest and provenance to ``meta``, write it into tmp and move the
-        folder into place (meta.json last on object stores)."""
+        folder into place (meta.json last on object stores), once ``held`` (by default the
+        lock of the build running in this thread) is confirmed to be still ours."""
+        held = held or _HELD.get() or UNFENCED
         meta = dict(meta, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     files=manifest(tmp), build={"id": uuid.uuid4().hex, "host": platform.node(),
                                                 "pid": os.getpid(), **meta.get("build", {})})
@@ -250,6 +278,7 @@ class ArtifactStore:
         if self.local:
             (tmp / META).write_text(text)
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            held.check()
             if os.path.exists(final) and self.find(stage, key) is None and os.path.exists(final):
                 set_aside(self, stage, key, "an entry without meta.json")  # never published completely
             try:
@@ -259,18 +288,41 @@ class ArtifactStore:
                 if not os.path.exists(os.path.join(final, META)):
                     raise
         else:
-            for path in sorted(tmp.rglob("*")):
-                if path.is_file():
-                    self.fs.put_file(str(path), f"{final}/{path.relative_to(tmp).as_posix()}")
-            try:  # create-if-absent (S3 If-None-Match): a second publisher never overwrites the first
-                self.fs.pipe_file(f"{final}/{META}", text.encode(), mode="create")
-            except FileExistsError:
-                log.warning("%s %s: published by another builder first; keeping theirs", stage, key)
+            self.publish_remote(tmp, stage, key, text, held)
         found = self.find(stage, key)
         if found is None:
             raise RuntimeError(f"{stage} artifact {key} was published but cannot be read back "
                                f"from {self.root}")
         return found
+
+    def publish_remote(self, tmp: Path, stage: str, key: str, text: str, held: Held) -> None:
+        """Upload under a per-attempt prefix, then copy into place only while ``held`` is ours
+        (see the module docstring); meta.json last, create-if-absent."""
+        held.check()  # lost already (suspended past the lease): write nothing at all
+        final = f"{self.base}/{stage}/{key}"
+        staging = f"{self.base}/.tmp/{lock_name(stage, key)}-{uuid.uuid4().hex[:12]}"
+        files = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
+        try:
+            for rel in files:
+                self.fs.put_file(str(tmp / rel), f"{staging}/{rel}")
+            held.check()  # the upload took time: only now may anything reach the artifact's place
+            if self.find(stage, key) is not None:  # (a damaged entry is set aside by find)
+                log.warning("%s %s: published by another builder first; keeping theirs", stage, key)
+                return
+            if self.fs.find(final):  # files without meta.json: a publish killed while copying
+                set_aside(self, stage, key, "an entry without meta.json")
+            for rel in files:
+                self.fs.copy(f"{staging}/{rel}", f"{final}/{rel}")
+            held.check()
+            try:  # create-if-absent (S3 If-None-Match): a second publisher never overwrites the first
+                self.fs.pipe_file(f"{final}/{META}", text.encode(), mode="create")
+            except FileExistsError:
+                log.warning("%s %s: published by another builder first; keeping theirs", stage, key)
+        finally:
+            try:
+                self.fs.rm(staging, recursive=True)
+            except FileNotFoundError:  # nothing was uploaded
+                pass
 
     # -- reading ----------------------------------------------------------------------------
     def open(self, art: Artifact) -> Path:
@@ -288,6 +340,8 @@ class ArtifactStore:
                 problem = self.content_problem(art, folder)
             if problem is not None:
                 set_aside(self, art.stage, art.key, problem)
+                if not self.local:  # and its local copy: the rebuild's files must be downloaded, not these
+                    shutil.rmtree(folder, ignore_errors=True)
                 raise DamagedArtifact(art.stage, art.key, problem)
         return folder
 
@@ -304,9 +358,20 @@ class ArtifactStore:
             # complete or not at all, and a copy another worker already placed (and may be
             # reading) is never removed: the later download is thrown away instead
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            if target.exists() and not (target / META).exists():  # lost its meta.json: incomplete
+                log.warning("local copy of %s/%s has no meta.json: downloading it again", artifact.stage,
+                            artifact.key)
+                gone = tempfile.mkdtemp(dir=self.cache_dir, prefix=".damaged-")
+                try:
+                    os.rename(target, gone)  # one step, so no reader sees it half removed
+                except OSError:  # another worker moved it first
+                    pass
+                shutil.rmtree(gone, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".download-"))
+            need = sum(f.get("size", 0) for f in artifact.meta.get("files", {}).values())
             try:
-                self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
+                with named_when_full(tmp, f"downloading {artifact.stage} {artifact.key}", need):
+                    self.fs.get(f"{self.base}/{artifact.stage}/{artifact.key}/", str(tmp), recursive=True)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(tmp, target)
             except OSError:

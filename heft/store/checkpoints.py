@@ -29,9 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from heft.config import TrainConfig
-from heft.store.artifacts import ArtifactStore
+from heft.store.artifacts import ArtifactStore, check_held
 from heft.store.damage import DamagedArtifact
 from heft.store.keys import stage_key
+from heft.store.space import named_when_full, nbytes
 
 EPOCH_RE = re.compile(r"^epoch-(\d{4})$")
 log = logging.getLogger(__name__)
@@ -86,16 +87,24 @@ class EpochCheckpoints:
     def save(self, epoch: int, tensors: dict[str, torch.Tensor], optimizer, scheduler,
              history: list[dict]) -> None:
         key = f"epoch-{epoch:04d}"
+        check_held()  # a build whose lease ran out stops at its next epoch, not after the last one
         if self.store.find(self.folder, key) is not None:
             return  # the same trajectory already reached this epoch (identical by construction)
+        what = f"checkpoint of epoch {epoch} under {self.store.root}/{self.folder}"
         with self.store.scratch("checkpoint", key) as tmp:
-            save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()},
-                      str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state()}, tmp / "state.pt")
-            self.store.publish(tmp, self.folder, key, {
-                "stage": "checkpoint", "key": key, "config": dataclasses.asdict(self.cfg),
-                "metrics": {"epoch": epoch, "history": history}, "lineage": {}})
+            # a full disk is named with the space left and needed (torch's own error says
+            # "unexpected pos 61440 vs 61392"); the scratch folder goes, nothing is published
+            trainable = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+            with named_when_full(tmp / "trainable.safetensors", what, nbytes(trainable)):
+                save_file(trainable, str(tmp / "trainable.safetensors"))
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": _rng_state()}
+            with named_when_full(tmp / "state.pt", what, nbytes(state)):
+                torch.save(state, tmp / "state.pt")
+            with named_when_full(tmp, f"publishing the {what}"):
+                self.store.publish(tmp, self.folder, key, {
+                    "stage": "checkpoint", "key": key, "config": dataclasses.asdict(self.cfg),
+                    "metrics": {"epoch": epoch, "history": history}, "lineage": {}})
 
     def restore_latest(self, max_epoch: int, tensors: dict[str, torch.Tensor], optimizer,
                        scheduler) -> tuple[int, list[dict]]:

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from heft.store.hashing import StampCache
@@ -39,8 +40,10 @@ class DamagedArtifact(Exception):
         self.stage, self.key, self.problem = stage, key, problem
 
 
-def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache) -> str | None:
-    """None if every listed file under ``folder`` hashes to its recorded sha256."""
+def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache,
+                    record: str = "meta.json") -> str | None:
+    """None if every listed file under ``folder`` hashes to its recorded sha256 (listed in
+    ``record``: an artifact's meta.json, an export's heft.json)."""
     for rel, want in files.items():
         path = folder / rel
         if not path.is_file():
@@ -48,7 +51,7 @@ def content_problem(files: dict[str, dict], folder: Path, stamps: StampCache) ->
         if path.stat().st_size != want["size"]:
             return f"{rel} has {path.stat().st_size} bytes, expected {want['size']}"
         if stamps.sha256(path) != want["sha256"]:
-            return f"{rel}: sha256 differs from meta.json"
+            return f"{rel}: sha256 differs from {record}"
     return None
 
 
@@ -62,10 +65,28 @@ def set_aside(store, stage: str, key: str, why: str) -> None:
             trash = Path(store.base) / ".trash"
             trash.mkdir(parents=True, exist_ok=True)
             os.rename(src, tempfile.mkdtemp(prefix=name + "-", dir=trash))
-        elif store.fs.exists(src):
-            store.fs.mv(src, f"{store.base}/.trash/{name}", recursive=True)
+        else:
+            set_aside_objects(store.fs, src, f"{store.base}/.trash/{name}-{uuid.uuid4().hex[:8]}")
     except (FileNotFoundError, OSError) as e:  # set aside by a concurrent run already
         log.warning("could not set aside %s/%s: %s", stage, key, e)
+
+
+def set_aside_objects(fs, src: str, dest: str) -> None:
+    """An object store has no rename: copy each object under ``src`` to ``dest``, then delete
+    meta.json first (from then on the entry is absent for every reader, and a rebuild's
+    create-if-absent meta.json can land), then the rest.  s3fs's recursive ``mv`` of a prefix
+    failed with "The specified key does not exist" (it copies the prefix itself as a key),
+    which left the damaged entry, and its meta.json, in place for good."""
+    objects = fs.find(src)
+    if not objects:
+        return
+    for path in objects:
+        fs.copy(path, f"{dest}/{path[len(src):].lstrip('/')}")
+    meta = [p for p in objects if p == f"{src}/meta.json"]
+    if meta:
+        fs.rm(meta)
+    fs.rm([p for p in objects if p not in meta])
+    fs.invalidate_cache(src)
 
 
 def remember(files: dict[str, dict], folder: Path, stamps: StampCache) -> None:

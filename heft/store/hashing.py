@@ -78,11 +78,14 @@ class StampCache:
         with _LOCK:
             entries = self._load()
             entries[os.path.abspath(path)] = [st, value]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".stamps-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(entries, f)
-            os.replace(tmp, self.path)  # atomic: a concurrent writer loses entries, never corrupts
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".stamps-")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(entries, f)
+                os.replace(tmp, self.path)  # atomic: a concurrent writer loses entries, never corrupts
+            except OSError:  # a read-only or full cache folder: only a speed-up is lost, not the check
+                pass
 
 
 def folder_digest(folder: str | Path, cache: StampCache | None = None) -> str:

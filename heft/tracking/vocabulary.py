@@ -3,7 +3,7 @@ name at every level where it appears (pipeline run = grid cell, stage run, grid 
 
 ``pipeline_metrics`` and ``stage_metrics`` map what an artifact records (meta.json,
 history.json) onto these names; nothing else is logged, so a run never carries two names for
-one number.  The README's "Reading the results" table is this module.
+one number.  docs/design.md lists these names for readers of the MLflow UI.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def pipeline_metrics(results: dict[str, dict], final: str, valid: float | None, 
 
 
 def all_names() -> dict[str, dict[str, str]]:
-    """Every name by level (the README's table; tests check they do not collide)."""
+    """Every name by level (docs/design.md lists them; tests check they do not collide)."""
     pipeline = {k: v for k, v in PIPELINE.items() if "{" not in k}
     pipeline |= {f"heldout_accuracy_{e}": PIPELINE["heldout_accuracy_{evaluation}"] for e in INTERMEDIATE}
     return {"pipeline": pipeline, "training": TRAINING, "evaluation": EVALUATION,
