@@ -1,6 +1,9 @@
 """``heft predict`` and ``heft export``: the trained model from the command line (no Prefect).
 
     heft predict --model <ref> --question "is the sky blue" --passage "..."
+    heft predict --model <ref> --question "Donna weighs 69 pounds. ..."          (a generate task)
+    heft predict --model <ref> --question "..." --choice "a gas" --choice "a solid"  (a choice task)
+    heft predict --model <ref> --field year=1990 --question "..."            (a template's own fields)
     heft predict --model <ref> --input rows.jsonl --output predictions.jsonl
     heft export --model <ref> --to exported/            (or --to s3://bucket/models/x)
 ``<ref>``: an evaluation key, an artifact folder or URI, an exported folder, an MLflow run id
@@ -22,7 +25,11 @@ def add_parsers(sub) -> None:
                                                   "MLflow run id, runs:/ or models:/ URI")
     p.add_argument("--question", help="one question")
     p.add_argument("--passage", help="its passage (passage-format models)")
-    p.add_argument("--input", help="JSONL file of {question, passage} rows")
+    p.add_argument("--choice", action="append", help="one choice of a choice task (give two or more)")
+    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="another field the model's prompt "
+                                                                         "template reads")
+    p.add_argument("--input", help="JSONL file of rows with the task's fields ({question, passage} for "
+                                   "BoolQ)")
     p.add_argument("--output", help="JSONL file for the predictions (default: standard output)")
     p.add_argument("--root", help="artifact root for a key (default $HEFT_ARTIFACT_ROOT or .heft/artifacts)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for run ids and models:/ URIs")
@@ -43,15 +50,30 @@ def read_rows(path: str) -> list[dict]:
     return parse_jsonl(data, path)
 
 
+def one_row(args) -> dict:
+    """The row the command line describes: --question, --passage and each --field name=value."""
+    row = {"question": args.question, "passage": args.passage}
+    for item in args.field or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--field {item!r}: expected NAME=VALUE")
+        row[name.strip()] = value
+    return row
+
+
 def predict_command(args) -> int:
-    from heft.inference.load import open_resolved, prompt_format, resolve
+    from heft.inference.load import open_resolved, prompt_format, resolve, task_of
     from heft.inference.model import check_rows
     try:
-        if bool(args.question) == bool(args.input):
-            raise ConfigError("predict: give --question (with --passage) or --input rows.jsonl")
-        rows = read_rows(args.input) if args.input else [{"question": args.question, "passage": args.passage}]
+        if bool(args.question or args.field) == bool(args.input):
+            raise ConfigError("predict: give --question (with --passage, --choice or --field) or "
+                              "--input rows.jsonl")
+        rows = read_rows(args.input) if args.input else [one_row(args)]
         resolved = resolve(args.model, args.root, args.tracking_uri)  # a bad reference fails here,
-        check_rows(rows, prompt_format(resolved))                    # a bad row here: before any loading
+        task = task_of(resolved)
+        if args.choice:
+            rows[0][task.choices or "choices"] = args.choice
+        check_rows(rows, prompt_format(resolved), task)              # a bad row here: before any loading
         model = open_resolved(resolved)
         out = model.predict(rows, batch_size=args.batch_size, desc="predict")
     except (ConfigError, FileExistsError) as e:

@@ -13,6 +13,7 @@ import heft
 from heft.config import LoraConfig, ReftConfig
 from heft.modeling.models import transformer_layers
 from heft.run.execute import run_pipeline
+from tiny_models import prompts_of
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_the_trained_intervention_sits_and_acts_at_its_configured_layer(heft_run
         model.model(**enc)
         with iv.attached(layers):
             hooked = [i for i, layer in enumerate(layers) if layer._forward_hooks]
-            iv.set_batch(enc["attention_mask"])
+            iv.set_batch(prompts_of(enc["attention_mask"]))
             model.model(**enc)
     for h in handles:
         h.remove()

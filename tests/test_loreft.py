@@ -5,6 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from heft.modeling.loreft import Intervention, LoReFT
 from heft.modeling.models import transformer_layers
+from tiny_models import prompts_of
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_hook_changes_only_selected_positions(tiny):
     with torch.no_grad():
         tiny.model(input_ids=ids, attention_mask=mask)
         with iv.attached(layers):
-            iv.set_batch(mask)
+            iv.set_batch(prompts_of(mask))
             tiny.model(input_ids=ids, attention_mask=mask)
     handle.remove()
     plain, intervened = seen
@@ -97,7 +98,7 @@ def test_save_load_bit_identical_and_pyreft_reads_it(tmp_path):
 
 def _edited(iv, hidden, mask):
     """The hook's output for one block output ``hidden`` (no model needed)."""
-    iv.set_batch(mask)
+    iv.set_batch(prompts_of(mask))
     return iv._hook(None, (), hidden)
 
 
@@ -137,16 +138,19 @@ def test_short_prompts_edit_each_token_once_gradient_by_finite_differences(posit
         torch.testing.assert_close(out[0, sorted(want)], iv.loreft(hidden.detach()[0, sorted(want)]))
 
 
-def test_left_padded_batches_are_refused_not_mis_scored():
+def test_left_padded_batches_are_refused_by_scoring_and_located_by_the_intervention():
+    """Scoring reads the answer at each row's last position, so a left-padded batch is refused
+    there; the intervention takes each prompt's start and length, so left padding (generation)
+    puts it on the prompt's own tokens."""
     from heft.data.batching import Encoded, collate
     from heft.modeling.models import class_scores
     enc = Encoded(input_ids=[[5, 6, 7], [5]], token_type_ids=None, labels=[1, 0])
     batch = collate(enc, [0, 1], pad_id=0)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]  # heft pads on the right
     left = torch.tensor([[1, 1, 1], [0, 0, 1]])
-    iv = Intervention(LoReFT(8, 2), layer=0, positions="l1")
-    with pytest.raises(ValueError, match="not right-padded"):
-        iv.set_batch(left)
     with pytest.raises(ValueError, match="not right-padded"):
         class_scores(None, {"input_ids": batch["input_ids"], "attention_mask": left}, "causal-lm", "cls",
                      (1, 2))
+    iv = Intervention(LoReFT(8, 2), layer=0, positions="f1+l1")
+    iv.set_batch(collate(enc, [0, 1], pad_id=0, left=True))
+    assert iv._index.tolist() == [[0, 2], [2, 2]] and iv._valid.tolist() == [[True, True], [True, False]]

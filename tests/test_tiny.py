@@ -6,6 +6,7 @@ import torch
 
 from heft.modeling.loreft import Intervention, LoReFT
 from heft.modeling.models import load_model, load_tokenizer, transformer_layers
+from tiny_models import prompts_of
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def block_inputs(model, ids, mask, iv=None):
     with torch.no_grad():
         if iv:
             with iv.attached(layers):
-                iv.set_batch(mask)
+                iv.set_batch(prompts_of(mask))
                 out = model(input_ids=ids, attention_mask=mask).logits
         else:
             out = model(input_ids=ids, attention_mask=mask).logits

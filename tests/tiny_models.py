@@ -55,3 +55,9 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
                      intermediate_size=64, max_position_embeddings=128)
     BertModel(cfg).save_pretrained(str(folder))
     return folder
+
+
+def prompts_of(mask):
+    """What ``Intervention.set_batch`` reads of a right-padded batch whose rows are all prompt."""
+    import torch
+    return {"prompt_start": torch.zeros(len(mask), dtype=torch.long), "prompt_len": mask.sum(1)}

@@ -80,7 +80,24 @@ MUTATIONS = [
              ("tests/test_loreft.py",)),
     Mutation("left padding accepted", "heft/modeling/loreft.py",
              "    if attention_mask.shape[1] > 1 and", "    if False and",
-             ("tests/test_loreft.py::test_left_padded_batches_are_refused_not_mis_scored",)),
+             ("tests/test_loreft.py::test_left_padded_batches_are_refused_by_scoring_and_located_by_the_"
+              "intervention",)),
+    Mutation("generation intervenes on every decode step too", "heft/modeling/generation.py",
+             "        intervention.clear()                         # decoding steps: the cache "
+             "carries the edit",
+             "        intervention.set_batch({'prompt_start': torch.zeros(len(idx), dtype=torch.long),"
+             " 'prompt_len': torch.ones(len(idx), dtype=torch.long)})",
+             ("tests/test_generation.py",)),
+    Mutation("prompt positions not shifted by left padding", "heft/modeling/loreft.py",
+             "        return relative + starts.reshape(-1, 1), valid", "        return relative, valid",
+             ("tests/test_generation.py",)),
+    Mutation("the loss covers the prompt's tokens", "heft/data/batching.py",
+             "            plens.append(len(head))", "            plens.append(1)",
+             ("tests/test_generation.py::test_training_loss_is_the_cross_entropy_of_the_target_tokens_and_"
+              "positions_are_on_the_prompt",)),
+    Mutation("GSM8K answers read from the first number", "heft/data/answers.py",
+             "    return found[-1] if found else None", "    return found[0] if found else None",
+             ("tests/test_answers.py",)),
     Mutation("corrupt artifact served", "heft/store/artifacts.py",
              "        if (problem := self.content_problem(art, folder)) is not None:",
              "        if False and (problem := self.content_problem(art, folder)) is not None:",

@@ -24,6 +24,7 @@ one empty folder at once, the second to finish is refused (the folder appears by
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import importlib.metadata
@@ -34,6 +35,8 @@ import tempfile
 from pathlib import Path
 
 from heft.config import ConfigError
+from heft.data.sources import BOOLQ
+from heft.data.task import Task
 from heft.inference.card import model_card
 from heft.inference.model import HeftModel
 from heft.store.damage import content_problem
@@ -107,7 +110,7 @@ def write_folder(model: HeftModel, folder: Path, pyreft_layout: bool = True) -> 
     spec = {"format": FORMAT, "heft_version": _version(), "family": model.family, "pooling": model.pooling,
             "prompt_format": model.format, "max_length": model.max_length, "precision": model.precision,
             "answer_ids": list(model.answer_ids) if model.answer_ids else None, "intervention": None,
-            "card": model.card}
+            "task": dataclasses.asdict(model.task), "card": model.card}
     if model.intervention is not None:
         iv = model.intervention
         (folder / "intervention").mkdir()
@@ -197,7 +200,8 @@ def load_export(folder: Path) -> HeftModel:
     return HeftModel(model=model, tokenizer=tok, family=spec["family"], pooling=spec["pooling"],
                      format=spec["prompt_format"], max_length=spec["max_length"], intervention=iv,
                      answer_ids=tuple(spec["answer_ids"]) if spec["answer_ids"] else None,
-                     precision=spec["precision"], card=spec["card"])
+                     precision=spec["precision"], card=spec["card"],
+                     task=Task(**spec["task"]) if spec.get("task") else BOOLQ)  # exports before tasks: BoolQ
 
 
 def _version() -> str:

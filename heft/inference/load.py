@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 
 from heft.config import ConfigError
+from heft.data.sources import BOOLQ
+from heft.data.task import Task
 from heft.inference.model import HeftModel
 from heft.store.artifacts import META, Artifact, ArtifactStore
 from heft.store.fs import url_to_fs
@@ -49,6 +51,18 @@ def prompt_format(resolved: tuple) -> str:
         from heft.inference.export import read_spec
         return read_spec(Path(where))["prompt_format"]
     return where[1].meta["lineage"]["format"]
+
+
+def task_of(resolved: tuple) -> Task:
+    """The task a resolved model answers (BoolQ for models made before tasks), read without
+    loading it: what ``heft predict`` must ask for."""
+    kind, where = resolved
+    if kind == "export":
+        from heft.inference.export import read_spec
+        spec = read_spec(Path(where)).get("task")
+    else:
+        spec = where[1].meta["lineage"].get("task")
+    return Task(**spec) if spec else BOOLQ
 
 
 def open_resolved(resolved: tuple) -> HeftModel:
@@ -178,7 +192,7 @@ def from_store(store: ArtifactStore, evaluation: Artifact) -> HeftModel:
     return HeftModel(model=model, tokenizer=tok, family=inputs.family, pooling=inputs.model_cfg.pooling,
                      format=lineage["format"], max_length=inputs.model_cfg.max_length,
                      intervention=intervention, answer_ids=inputs.answer_ids(tok),
-                     precision=inputs.precision, card=card)
+                     precision=inputs.precision, card=card, task=inputs.task)
 
 
 def mlflow_model_folder(uri: str, tracking_uri: str | None) -> str:

@@ -1,8 +1,10 @@
 """The trained model as an MLflow model (pyfunc), logged to a pipeline run and registered.
 
-``mlflow.pyfunc.load_model("runs:/<run>/model").predict(df)`` answers a DataFrame with a
-``question`` column (and ``passage`` for passage-format models) with the columns
-``label``, ``probability``, ``score_false``, ``score_true``.
+``mlflow.pyfunc.load_model("runs:/<run>/model").predict(df)`` answers a DataFrame of the task's
+fields (BoolQ: ``question``, and ``passage`` for passage-format models) with the columns of
+``HeftModel.predict`` (BoolQ: ``label``, ``probability``, ``score_false``, ``score_true``; a
+choice task: ``choice``, ``answer``, ``choice_norm``, ``scores``; a generate task:
+``generation``, ``answer``).
 
 Copy or reference?  The pyfunc model's ``heft`` artifact is either a whole ``heft export``
 folder (weights copied into MLflow's artifact store: the model loads anywhere MLflow can be
@@ -45,6 +47,34 @@ def _python_model():
     return HeftPythonModel()
 
 
+# a row and an answer of each built-in task (the MLflow model's input example and signature)
+EXAMPLES = {
+    "gsm8k": ({"question": "Janet has 16 eggs. She eats 3 and bakes with 4. How many are left?"},
+              {"generation": "16 - 3 - 4 = 9\n#### 9", "answer": "9"}),
+    "mawps": ({"question": "Donna weighs 69 pounds. Willie weighs 51 pounds. How much heavier is Donna "
+                           "than Willie?"}, {"generation": "18", "answer": "18"}),
+    "arc-easy": ({"question": "Which technology was developed most recently?",
+                  "choices": ["cellular telephone", "television", "refrigerator", "airplane"]},
+                 {"choice": 0, "answer": "cellular telephone", "choice_norm": 0,
+                  "scores": [-1.0, -2.0, -2.5, -3.0]}),
+}
+
+
+def example_of(task: dict | None, fmt: str) -> tuple[dict, dict]:
+    """(input row, output) examples for the task's kind and fields (BoolQ when ``task`` is None)."""
+    label = {"label": True, "probability": 0.5, "score_false": 0.0, "score_true": 0.0}
+    if not task or (task["kind"] == "label" and not task["template"]):
+        return (EXAMPLE if fmt == "passage" else {"question": EXAMPLE["question"]}), label
+    if task["name"] in EXAMPLES:
+        return EXAMPLES[task["name"]]
+    from heft.data.task import template_fields
+    row = {f: "..." for f in template_fields(task["template"])}
+    if task["kind"] == "choice":
+        return ({**row, task["choices"]: ["...", "..."]},
+                {"choice": 0, "answer": "...", "choice_norm": 0, "scores": [-1.0, -2.0]})
+    return row, label if task["kind"] == "label" else {"generation": "...", "answer": "..."}
+
+
 def weights_mb(store: ArtifactStore, evaluation: Artifact) -> float:
     """Size of the files the model is loaded from (the merged or de-quantized weights)."""
     from heft.inference.load import model_artifact
@@ -65,8 +95,8 @@ def log_model(run_id: str, tracking_uri: str, experiment_id: str, store: Artifac
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)  # else the model lands in experiment 0
-    example = pd.DataFrame([EXAMPLE if fmt == "passage" else {"question": EXAMPLE["question"]}])
-    output = pd.DataFrame([{"label": True, "probability": 0.5, "score_false": 0.0, "score_true": 0.0}])
+    row, answer = example_of(evaluation.meta["lineage"].get("task"), fmt)
+    example, output = pd.DataFrame([row]), pd.DataFrame([answer])
     size = weights_mb(store, evaluation)
     mode = "copy" if size <= COPY_MAX_MB else "reference"
     with tempfile.TemporaryDirectory(prefix="heft-mlflow-") as tmp:
