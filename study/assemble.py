@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from heft.config import flat_params
-from study import document, measured, tables, verdicts
+from study import document, measured, open_question, tables, verdicts
 from heft.grids.spec import GridSpec
 from study.spec import CellData, StudySpec, gather
 
@@ -89,6 +89,31 @@ def recipe_rows(cells: list[CellData], used: dict | None = None) -> list[dict]:
     return rows
 
 
+def write_section(doc: Path, name: str, text: str, commands: list[str]) -> None:
+    """Put ``text`` between the document's markers of section ``name`` (before its Reproduce
+    section the first time), leaving every other section as it is: a study of one section
+    rewrites only what it measured."""
+    start, end = f"<!-- heft study section {name} -->", f"<!-- end of heft study section {name} -->"
+    how = "\n".join(["", "Reproduce this section:", "", *commands])
+    block = f"{start}\n{text}{how}\n{end}\n"
+    old = doc.read_text() if doc.exists() else ""
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end) + 1:]
+    elif "\n## Reproduce" in old:
+        at = old.index("\n## Reproduce") + 1
+        new = old[:at] + block + "\n" + old[at:]
+    else:
+        new = old + ("\n" if old else "") + block
+    doc.write_text(new)
+
+
+def task_metrics(cells: dict, spec: StudySpec) -> dict:
+    """accuracy/<grid>/<cell> of the open-question grids, for the study's MLflow run."""
+    return {metric_name(f"accuracy/{grid}/{r['label']}"): r["mean"]
+            for grid in spec.open_question.get("grids", ()) if grid in cells
+            for r in tables.table(cells[grid])}
+
+
 def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dict[str, str]], path: str,
           wall_s: float, commands: list[str]) -> dict:
     """Write results.md (at ``path``) and PNGs (beside it, in <stem>/); return files and metrics."""
@@ -96,6 +121,11 @@ def write_results(spec: StudySpec, grids: list[GridSpec], run_ids: dict[str, dic
     folder = doc.parent / doc.stem
     folder.mkdir(parents=True, exist_ok=True)
     cells = {g.name: gather(g, run_ids.get(g.name)) for g in grids}
+    if spec.only == "open_question":  # one section, written into the document in place
+        text = "\n".join(open_question.section(cells, spec.open_question))
+        write_section(doc, "open-question", text, commands)
+        return {"markdown": text, "files": {"results": doc}, "metrics": task_metrics(cells, spec),
+                "cell_metrics": {}}
     main_name = spec.main if spec.main in cells else grids[0].name
     main = cells[main_name]
     rows = tables.table(main, spec.paper)

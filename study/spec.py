@@ -35,8 +35,10 @@ from study import measured
 # the sections of results.md, in order (study/document.py): a study's facts give their headings
 SECTIONS = ("recipes", "comparison", "paired", "curves", "ablation", "tasks", "intruders", "flips")
 FACTS = ("main", "ablation", "recipes", "titles", "paper", "comparisons", "curves", "title", "sections",
-         "paper_model", "reproduce")
-STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone", "measured") + FACTS
+         "paper_model", "reproduce", "open_question")
+OPEN_QUESTION_KEYS = ("heading", "grids", "floor", "heft", "match", "beat", "comparisons")
+STUDY_FIELDS = ("name", "grids", "overrides", "derived", "results", "facts", "standalone", "measured",
+                "only") + FACTS
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class StudySpec:
     sections: dict = field(default_factory=dict)     # section -> its numbered heading
     paper_model: str = ""                  # the model the paper's figures are on
     reproduce: tuple[str, ...] = ()        # the Reproduce lines; {make} and {heft} are the commands
+    open_question: dict = field(default_factory=dict)  # facts of the open-question section
+    only: str = ""                         # 'open_question': write only that section into `results`
 
     def __post_init__(self):
         if not self.name:
@@ -69,8 +73,14 @@ class StudySpec:
             if not Path(g).is_file():
                 raise ConfigError(f"study {self.name!r}: grid {g!r} does not exist")
         measured.load(self.measured)  # a missing or incomplete record fails before any training
-        missing = [s for s in SECTIONS if not self.sections.get(s)]
-        if not self.title or missing:
+        if self.only not in ("", "open_question"):
+            raise ConfigError(f"study {self.name!r}: only={self.only!r}: '' (the whole document) or "
+                              "'open_question'")
+        lacking = [k for k in OPEN_QUESTION_KEYS if k not in self.open_question]
+        if (self.open_question or self.only) and lacking:
+            raise ConfigError(f"study {self.name!r}: open_question lacks {lacking}")
+        missing = [s for s in SECTIONS if not self.sections.get(s)] if not self.only else []
+        if (not self.title and not self.only) or missing:
             raise ConfigError(f"study {self.name!r}: its facts need a title and a heading for each section "
                               f"(missing: {['title'] * (not self.title) + missing})")
         for d in self.derived:
@@ -110,7 +120,9 @@ def load_study(path: str) -> StudySpec:
                      curves=tuple(values.get("curves") or ()), title=str(values.get("title") or ""),
                      sections=dict(values.get("sections") or {}),
                      paper_model=str(values.get("paper_model") or ""),
-                     reproduce=tuple(values.get("reproduce") or ()))
+                     reproduce=tuple(values.get("reproduce") or ()),
+                     open_question=dict(values.get("open_question") or {}),
+                     only=str(values.get("only") or ""))
 
 
 @dataclass
@@ -137,13 +149,17 @@ class CellData:
         return validation_accuracy(self.planned, self.artifacts)
 
     def predictions(self, evaluation: str | None = None) -> tuple[list[int], list[int]]:
-        """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final)."""
+        """(predictions, labels) of one evaluation ('merged', 'heft', ...; default: final); for a
+        generate task (1 if right, 0 if wrong) against all 1s, so pairs compare right or wrong."""
         name = (self.planned.evaluations[evaluation] if evaluation else self.planned.final).name
         if name not in self._preds:
             path = self.store.open(self.artifacts[name]) / "predictions.jsonl"
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             rows.sort(key=lambda r: r["index"])
-            self._preds[name] = ([r["pred"] for r in rows], [r["label"] for r in rows])
+            if rows and "correct" in rows[0]:  # a generate task: right or wrong is what pairs compare
+                self._preds[name] = ([int(r["correct"]) for r in rows], [1] * len(rows))
+            else:
+                self._preds[name] = ([r["pred"] for r in rows], [r["label"] for r in rows])
         return self._preds[name]
 
     def history(self, stage: str) -> list[dict]:

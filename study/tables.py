@@ -51,6 +51,9 @@ def table(cells: list[CellData], paper: dict[str, float] | None = None) -> list[
                      "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "train_s": statistics.fmean(train_seconds(c) for c in cs),
                      "majority": 100 * final["majority_rate"], "n": final["n"],
+                     "chance": 100 * final["chance_rate"] if "chance_rate" in final else None,
+                     "acc_norm": (100 * statistics.fmean(m["accuracy_norm"] for m in finals)
+                                  if "accuracy_norm" in final else None),
                      "paper": next((v for k, v in paper.items() if label == k or label.startswith(k + " ")),
                                    None)})
     return rows

@@ -162,3 +162,28 @@ def test_a_users_own_task_trains_end_to_end_on_the_tiny_llama(kind, tiny_llama, 
     else:
         assert set(first) == {"index", "generation", "answer", "gold", "correct"}
         assert first["gold"] in ("true", "false")
+    # the model exit answers as the evaluation did, from the store and from an export
+    import heft
+    from heft.inference.export import export
+    evaluated = [json.loads(line) for line in
+                 (store.local_path(out["eval:heft"]) / "predictions.jsonl").read_text().splitlines()]
+    data = [json.loads(line) for line in (tmp_path / "own.jsonl").read_text().splitlines()]
+    held = {r["prompt"]: r for r in map(json.loads, (store.local_path(out["data"]) / "eval.jsonl")
+                                       .read_text().splitlines())}
+    rows = [r for r in data if task_prompt(r) in held][:8]
+    order = [list(held).index(task_prompt(r)) for r in rows]
+    for model in (heft.load(out["eval:heft"].key, root=cfg.artifact_root),):
+        got = model.predict(rows)
+        again = heft.load(export(model, str(tmp_path / "exported"))).predict(rows)
+        assert again == got
+        for g, i in zip(got, order):
+            if kind == "choice":
+                assert g["choice"] == evaluated[i]["pred"]
+                assert g["scores"] == pytest.approx(evaluated[i]["scores"])
+                assert g["answer"] in ("true", "false")
+            else:
+                assert (g["generation"], g["answer"]) == (evaluated[i]["generation"], evaluated[i]["answer"])
+
+
+def task_prompt(row: dict) -> str:
+    return f"Question: {row['question']} Answer:"
