@@ -23,7 +23,7 @@ from heft.modes import MODES  # noqa: E402
 OUT = ROOT / "docs" / "config.md"
 # section -> the stage whose key hashes it (each key also hashes its parent's: a change moves
 # the keys of that stage and of every stage after it in the chain)
-STAGE_OF = {"model": "base", "data": "data", "lora": "lora", "merge": "merge", "reft": "reft",
+STAGE_OF = {"model": "base", "task": "data", "data": "data", "lora": "lora", "merge": "merge", "reft": "reft",
             "eval": "evaluate"}
 TOP_LEVEL = {
     "mode": "which steps run (heft/modes.py); each step's key is its own, so modes share steps",
