@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from heft.config import DataConfig
+from heft.config import DataConfig, TaskConfig
+from heft.data.task import dataset
 from heft.data.sources import DataError, read_split, split_rows
 from heft.plan import data_step
 from heft.stages import run_step
@@ -11,11 +12,11 @@ from heft.store.artifacts import ArtifactStore
 
 
 def data_key(cfg: DataConfig) -> str:
-    return data_step(cfg).key
+    return data_step(dataset(TaskConfig(), cfg)).key
 
 
 def run_data(cfg: DataConfig, store: ArtifactStore):
-    return run_step(data_step(cfg), None, store)
+    return run_step(data_step(dataset(TaskConfig(), cfg)), None, store)
 
 
 def test_resplit_of_shared_validation_is_recorded_and_deterministic(boolq_validation, tmp_path):
@@ -164,7 +165,8 @@ def test_predict_input_with_odd_lines_is_refused_naming_file_and_row(tmp_path, c
     from flows.model_cli import predict_command
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"question": "is it"}\n\n' + odd + b"\n")
-    args = Namespace(model="0" * 20, question=None, passage=None, input=str(path), output=None, root=None,
+    args = Namespace(model="0" * 20, question=None, passage=None, choice=None, field=None, input=str(path),
+                     output=None, root=None,
                      tracking_uri=None, batch_size=8)
     assert predict_command(args) == 2
     assert capsys.readouterr().err.startswith(f"heft: error: {path}: {needle}")
