@@ -43,9 +43,17 @@ def prepare(preset: str, overrides: list[str]) -> Setup:
     base = run_step(steps["base"], run_step(steps["data"], None, store), store)
     inputs = StageInputs.of(base, store)
     tok = inputs.tokenizer()
-    enc = inputs.encoded("train", tok)
+    enc = inputs.sequences("train", tok)
     empty = dataclasses.replace(enc, input_ids=[], labels=[], token_type_ids=None)
     return Setup(work, cfg, store, base, inputs, tok, enc, empty)
+
+
+def objective(inputs: StageInputs, tok, enc: Encoded):
+    """The training objective of a label task on ``enc``, without validation."""
+    from heft.modeling import models
+    from heft.modeling.training import Objective
+    loss = models.label_loss(inputs.family, inputs.model_cfg.pooling, inputs.answer_ids(tok))
+    return Objective(enc, loss, lambda model: None, tok.pad_token_id, inputs.precision)
 
 
 def ratios(num: list[float], den: list[float]) -> tuple[float, float]:

@@ -87,7 +87,7 @@ def main() -> None:
     tok_s = []
     for _ in range(args.reps):
         t0 = time.perf_counter()
-        n = sum(len(s.inputs.encoded(split, s.tok)) for split in ("train", "valid", "eval"))
+        n = sum(len(s.inputs.sequences(split, s.tok)) for split in ("train", "valid", "eval"))
         tok_s.append(time.perf_counter() - t0)
     epoch = statistics.median(threads[cores])
     tok_per_k, train_per_k = 1000 * statistics.median(tok_s) / n, 1000 * epoch / len(s.enc)

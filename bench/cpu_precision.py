@@ -74,7 +74,7 @@ def one_run(precision: str, rows: int, eval_rows: int, work: Path) -> dict:
     store = ArtifactStore(cfg.artifact_root)
     inputs = StageInputs.of(out["base"], store)
     tok = inputs.tokenizer()
-    lengths = [len(x) for x in inputs.encoded("train", tok).input_ids]
+    lengths = [len(x) for x in inputs.sequences("train", tok).input_ids]
     hf = models.auto_config(cfg.model.name)
     result = {"precision": precision, "peak_rss_mb": rss.peak_mb, "loss_curve": curve}
     for stage in ("lora", "reft"):

@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from heft.data.batching import Encoded  # noqa: E402
 from heft.config import LoraConfig  # noqa: E402
-from heft.modeling.training import train  # noqa: E402
+from heft.modeling.models import label_loss  # noqa: E402
+from heft.modeling.training import Objective, train  # noqa: E402
 from common import adapter_flops_per_token  # noqa: E402
 
 SIZES = {  # LlamaConfig fields
@@ -89,14 +90,13 @@ def main() -> None:
     enc = Encoded(input_ids=[[rng.randrange(3, mcfg.vocab_size) for _ in range(args.seq)]
                              for _ in range(rows)],
                   token_type_ids=None, labels=[rng.randrange(2) for _ in range(rows)])
-    empty = Encoded([], None, [])
     # epoch 1 warms up (kernel selection, allocator); epoch 2 is timed by train() itself
     cfg = LoraConfig(epochs=2, batch_size=args.batch, lr=2e-4, schedule="constant", warmup_ratio=0.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    history, _ = train(model, [{"params": [p for _, p in named]}], enc, empty, cfg, family="causal-lm",
-                       pooling="last", answer_ids=(1, 2), pad_id=0, desc="lora-mfu")
+    objective = Objective(enc, label_loss("causal-lm", "last", (1, 2)), lambda m: None, pad_id=0)
+    history, _ = train(model, [{"params": [p for _, p in named]}], objective, cfg, desc="lora-mfu")
     wall = time.perf_counter() - start
     seconds = history[-1]["epoch_seconds"]
     tokens_per_s = rows * args.seq / seconds

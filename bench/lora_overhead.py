@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import prepare, ratios  # noqa: E402
+from common import objective, prepare, ratios  # noqa: E402
 
 from heft.modeling import models  # noqa: E402
 from heft.data.batching import collate, to_device, train_batches  # noqa: E402
@@ -78,8 +78,7 @@ def heft_epoch(inputs, tok, enc, empty, cfg, store, parent, tracker) -> float:
     """heft.training.train with its checkpoints and MLflow epoch logging; wall seconds."""
     model, named = fresh_model(inputs, cfg)
     start = time.perf_counter()
-    train(model, [{"params": [p for _, p in named]}], enc, empty, cfg, family=inputs.family,
-          pooling=inputs.model_cfg.pooling, answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+    train(model, [{"params": [p for _, p in named]}], objective(inputs, tok, enc), cfg,
           desc="lora", progress=tracker.progress(),
           checkpoints=EpochCheckpoints(store, "lora", cfg, parent.key), state=dict(named))
     return time.perf_counter() - start

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import prepare, ratios  # noqa: E402
+from common import objective, prepare, ratios  # noqa: E402
 
 from heft.modeling import models  # noqa: E402
 from heft.data.batching import collate, train_batches  # noqa: E402
@@ -61,7 +61,7 @@ def pyreft_epoch(inputs, tok, enc, cfg) -> tuple[float, float]:
     for idx in train_batches(enc, cfg.batch_size, cfg.seed, 1):
         batch = collate(enc, idx, tok.pad_token_id)
         mask = batch["attention_mask"]
-        positions = where.token_index(mask).tolist()
+        positions = where.token_index(torch.zeros(len(idx), dtype=torch.long), mask.sum(1))[0].tolist()
         _, out = reft({"input_ids": batch["input_ids"], "attention_mask": mask},
                       unit_locations={"sources->base": (None, [positions])})
         last = mask.sum(1) - 1
@@ -83,8 +83,7 @@ def heft_epoch(inputs, tok, enc, empty, cfg, store, parent, tracker) -> tuple[fl
     iv = Intervention(loreft, cfg.layer, cfg.positions)
     state = {f"loreft.{n}": t for n, t in loreft.state_dict(keep_vars=True).items()}
     start = time.perf_counter()
-    history, _ = train(model, [{"params": list(loreft.parameters())}], enc, empty, cfg, family=inputs.family,
-          pooling=inputs.model_cfg.pooling, answer_ids=inputs.answer_ids(tok), pad_id=tok.pad_token_id,
+    history, _ = train(model, [{"params": list(loreft.parameters())}], objective(inputs, tok, enc), cfg,
           desc="reft", intervention=iv, progress=tracker.progress(),
           checkpoints=EpochCheckpoints(store, "reft", cfg, parent.key), state=state)
     return time.perf_counter() - start, history[0]["train_loss"]

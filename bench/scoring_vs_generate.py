@@ -83,7 +83,7 @@ def pyreft_generate(inputs, tok, enc, answer_ids, batch_size: int, new_tokens: i
             input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
             mask = (torch.arange(width).expand(len(ids), -1) >= pads[:, None]).long()
             right = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-            positions = (iv.token_index(right) + pads[:, None]).tolist()  # shift by the left padding
+            positions = iv.token_index(pads, right.sum(1))[0].tolist()  # prompts start after the padding
             _, gen = reft.generate({"input_ids": input_ids, "attention_mask": mask},
                                    unit_locations={"sources->base": (None, [positions])},
                                    intervene_on_prompt=True, max_new_tokens=new_tokens, do_sample=False,
@@ -109,7 +109,7 @@ def scored_model(args, work: str, mode: str, stage: str):
         f"artifact_root={work}/{mode}", f"mode={mode}", f"data.max_eval={args.rows}", "data.max_train=800"])
     inputs = StageInputs.of(run_pipeline(cfg)[stage], ArtifactStore(cfg.artifact_root))
     tok = inputs.tokenizer()
-    enc = inputs.encoded("eval", tok)
+    enc = inputs.sequences("eval", tok)
     model, iv = load_for_eval(inputs)
     kw = dict(family=inputs.family, pooling=inputs.model_cfg.pooling, answer_ids=inputs.answer_ids(tok),
               pad_id=tok.pad_token_id, intervention=iv)

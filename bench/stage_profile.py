@@ -41,7 +41,7 @@ class Done(Exception):
     pass
 def tokens(parent, split):
     inputs = StageInputs.of(parent, store)
-    return sum(len(x) for x in inputs.encoded(split, inputs.tokenizer()).input_ids)
+    return sum(len(x) for x in inputs.sequences(split, inputs.tokenizer()).input_ids)
 def call(step, parent):
     stage, c, name = step.stage, step.config, step.label
     if name != target:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from heft.config import ConfigError, DataConfig
 from heft.data import answers
-from heft.data.task import BUILTIN, Task, render, template_fields
+from heft.data.task import BUILTIN, ROW_FIELDS, Task, render, template_fields
 from heft.store.fs import is_hub_id, url_to_fs
 
 SPLITS = ("train", "valid", "eval")
@@ -202,6 +202,9 @@ def split_rows(cfg: DataConfig, task: Task = BOOLQ) -> tuple[dict[str, list[dict
     loaded = load_source(cfg.source, cfg.subset, cfg.eval_split)
     if cfg.eval_source:
         loaded["eval"] = next(iter(load_source(cfg.eval_source, cfg.subset).values()))
+    if task.name in ROW_FIELDS:
+        loaded = {s: (where, [ROW_FIELDS[task.name](r) if isinstance(r, dict) else r for r in rs])
+                  for s, (where, rs) in loaded.items()}
     rows = {s: check_task_rows(r, where, task, cfg.format) for s, (where, r) in loaded.items()}
     train = rows["train"]
     idx = list(range(len(train)))

@@ -19,6 +19,7 @@ lm-evaluation-harness does ("Answer:" + " 18").
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from dataclasses import dataclass
 
@@ -54,9 +55,38 @@ BUILTIN: dict[str, tuple[Task, str, str]] = {
                    stop="\n\n"), "openai/gsm8k", "main"),
     "arc-easy": (Task("arc-easy", "choice", QA_TEMPLATE, "label", choices="choices"),
                  "allenai/ai2_arc", "ARC-Easy"),
-    "mawps": (Task("mawps", "generate", QA_TEMPLATE, "answer", answer="number", max_new_tokens=16,
+    "mawps": (Task("mawps", "generate", QA_TEMPLATE, "solution", answer="number", max_new_tokens=24,
                    stop="\n"), "", ""),
 }
+
+
+def mawps_solution(row: dict) -> dict:
+    """MAWPS rows with a ``solution`` field, the worked answer a small LM can learn to write:
+    the equation's expression, then its value ('X=((27.0-6.0)/7.0)', 3 -> '(27 - 6) / 7 = 3').
+    Trained on the bare number, SmolLM2-135M stopped writing the arithmetic it otherwise writes
+    and guessed numbers (0 of 50 validation rows right after an epoch, 6% untrained)."""
+    equation = str((row.get("lEquations") or [""])[0])
+    left, sep, right = equation.partition("=")
+    expr = right if left.strip().lower() == "x" else left if right.strip().lower() == "x" else \
+        (right if sep else equation)
+    expr = re.sub(r"(\d+)\.0\b", r"\1", expr)
+    expr = re.sub(r"\s*([-+*/])\s*", r" \1 ", expr).strip()
+    while expr.startswith("(") and expr.endswith(")") and balanced(expr[1:-1]):
+        expr = expr[1:-1].strip()
+    return dict(row, solution=f"{expr} = {row.get('answer')}" if expr else str(row.get("answer", "")))
+
+
+def balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# rows of a built-in task gain the fields its definition reads (applied when its rows load)
+ROW_FIELDS = {"mawps": mawps_solution}
 KIND_DEFAULTS = {"label": dict(target="label"), "choice": dict(target="label", choices="choices"),
                  "generate": dict(target="answer", answer="number", max_new_tokens=64, stop="\n\n")}
 

@@ -144,6 +144,14 @@ def class_scores(model: nn.Module, batch: dict, family: str, pooling: str, answe
     return out.logits, None
 
 
+def label_loss(family: str, pooling: str, answer_ids=None):
+    """A label task's loss of a (device) batch: the answer token's or the head's cross-entropy."""
+    def loss(model, batch: dict) -> torch.Tensor:
+        scores, vocab_logits = class_scores(model, batch, family, pooling, answer_ids)
+        return loss_fn(scores, vocab_logits, batch["labels"], answer_ids)
+    return loss
+
+
 def loss_fn(scores: torch.Tensor, vocab_logits, labels: torch.Tensor, answer_ids=None) -> torch.Tensor:
     """Cross-entropy of the gold answer: over the vocabulary for causal LMs (the LM loss of the
     answer token), over the two labels for a classification head."""

@@ -125,14 +125,8 @@ class StageInputs:
         task, answer_ids = self.task, self.answer_ids(tok)
         valid = self.rows("valid")
         answerer = self.answerer(model, tok, intervention)
-        if task.kind == "label":
-            pooling = self.model_cfg.pooling
-
-            def loss(m, batch):
-                scores, vocab_logits = models.class_scores(m, batch, self.family, pooling, answer_ids)
-                return models.loss_fn(scores, vocab_logits, batch["labels"], answer_ids)
-        else:
-            loss = lm_loss
+        loss = models.label_loss(self.family, self.model_cfg.pooling, answer_ids) if task.kind == "label" \
+            else lm_loss
 
         def validate(m) -> float | None:
             if not valid:
