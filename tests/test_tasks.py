@@ -80,16 +80,18 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_rows_are_refused_before_any_work_naming_file_row_and_field(case, tmp_path):
+def test_bad_rows_are_refused_before_any_work_naming_file_row_and_field(case, tiny_llama, tmp_path):
+    """Validation (the flows' first step) refuses the row, names the file, and writes nothing."""
     task, rows, message = BAD[case]
     source = write(tmp_path / "mine.jsonl", rows + [rows[0]] * 3)
     root = tmp_path / "artifacts"
-    cfg = RunConfig(model=ModelConfig(name="tiny"), task=TaskConfig(**task),
-                    data=DataConfig(source=str(source), holdout_size=1, valid_size=1),
-                    artifact_root=str(root))
+    cfg = RunConfig(model=ModelConfig(name=str(tiny_llama)), task=TaskConfig(**task), mode="lora-only",
+                    data=DataConfig(source=str(source), holdout_size=1, valid_size=1, allow_overlap=True),
+                    artifact_root=str(root), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(DataError, match=message) as e:
-        split_rows(dataset(cfg.task, cfg.data).data, resolve(cfg.task))
+        validate(plan(cfg))
     assert "mine.jsonl" in str(e.value)
+    assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
 
 
 def test_bad_task_options_are_refused_when_the_config_is_built():
