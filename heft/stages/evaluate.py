@@ -8,6 +8,7 @@ import json
 import torch
 
 from heft.config import EvalConfig
+from heft.modeling import models
 from heft.modeling.scoring import predict
 from heft.stages import Context
 from heft.stages.inputs import StageInputs, artifact_ref
@@ -32,7 +33,8 @@ def load_for_eval(inputs: StageInputs, seed: int = 0):
     model = inputs.load_weights(seed=inputs.parent.meta.get("config", {}).get("seed", seed))
     inputs.load_head(model)
     if (adapter := inputs.optional("adapter")):
-        model = PeftModel.from_pretrained(model, adapter)
+        with models.LOADING:  # peft builds the adapter's layers: one model built at a time
+            model = PeftModel.from_pretrained(model, adapter)
     return model.eval(), inputs.intervention()
 
 
