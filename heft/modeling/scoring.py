@@ -17,6 +17,7 @@ from heft.data.batching import Encoded, collate, eval_batches, to_device
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import autocast
+from heft.progress import check_stop
 
 
 @torch.no_grad()
@@ -32,6 +33,7 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
+            check_stop()  # an interrupted grid stops its scoring threads between batches
             batch = to_device(collate(enc, idx, pad_id), dev)
             if intervention:
                 intervention.set_batch(batch["attention_mask"])

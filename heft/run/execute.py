@@ -39,6 +39,10 @@ class Outcome:
     reused: bool      # the artifact was in the store before this walk
 
 
+class StepsFailed(RuntimeError):
+    """Steps of a grid failed; the runner has named each, with its cells, where it failed."""
+
+
 # runner(steps, built keys) -> {key: Outcome}; raises DamagedArtifact after setting one aside
 Runner = Callable[[list[Step], set[str]], dict[str, Outcome]]
 
