@@ -20,8 +20,8 @@ A step is submitted only when its parent is done: a task given an unfinished fut
 it inside the task runner, and on the thread pool that wait holds a worker thread (Prefect
 resolves a task's inputs on the thread that runs it), so with 2 workers LoRA's children held
 both threads until LoRA ended and a ReFT-only branch waited behind them.  On threads at most
-``workers`` steps are in flight, the ready step with the longest chain after it first (the
-list scheduling ``heft grid --list`` predicts with); on Dask every ready step goes to the
+``workers`` steps are in flight, ready steps in plan order (of an epoch grid's LoRA stages the
+shorter first: the longer continues its checkpoint); on Dask every ready step goes to the
 scheduler, whose GPU resources decide.
 
 MLflow stage runs are created and closed here, in the flow process; a worker logs its curves
@@ -48,7 +48,7 @@ from heft.run.execute import Outcome, Runner, StepsFailed
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.damage import DamagedArtifact
 from heft.grids.spec import GridSpec
-from heft.grids.plan import GPU_STAGES, NOMINAL_ROWS, GridPlan
+from heft.grids.plan import GPU_STAGES, GridPlan
 from heft.tracking import Tracker, stage_params
 from tasks.stages import STAGE_TASKS, run_step_task
 
@@ -81,7 +81,7 @@ def on_task_runner(grid: GridPlan, store: ArtifactStore, cell_runs: list[Tracker
         flow = grid_steps.with_options(task_runner=task_runner(spec), flow_run_name=f"{spec.name}: steps")
         try:
             done = flow(steps, store.root, sorted(built), runs, live, bool(spec.dask), threads, cells,
-                        None if spec.dask else spec.workers, priorities(grid, store, built))
+                        None if spec.dask else spec.workers)
         except BaseException as e:  # the stage runs a failure or an interrupt left open
             close_open(runs.values(), "FAILED" if isinstance(e, Exception) else "KILLED")
             raise
@@ -104,14 +104,6 @@ def cells_of(grid: GridPlan, key: str) -> str:
     names = [grid.cells[i].run_name for i in grid.users[key]]
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"cell{'s' * (len(names) > 1)} {shown}"
-
-
-def priorities(grid: GridPlan, store: ArtifactStore, built: set[str]) -> dict[str, float]:
-    """{key: predicted seconds from the step's start to the grid's end}: of the steps ready at
-    once, the one with the longest chain after it goes first."""
-    data = store.find("data", grid.plans[0]["data"].key)
-    rows = {s: int(data.metrics.get(f"n_{s}", 0)) for s in NOMINAL_ROWS} if data else NOMINAL_ROWS
-    return grid.remaining(grid.costs(rows, built))
 
 
 def threads_per_worker(workers: int) -> int:
@@ -174,25 +166,24 @@ def gpu_slot(stage: str, on_dask: bool):
 @flow(name="heft-grid-steps", log_prints=True)
 def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, Tracker], live: bool,
                on_dask: bool, torch_threads: int | None = None, cells: dict[str, str] | None = None,
-               workers: int | None = None, priority: dict[str, float] | None = None) -> dict:
-    """Submit every unique step once, when its parent is done (at most ``workers`` in flight, the
-    longest ``priority`` first); close each stage's MLflow run as its step finishes.  Returns
+               workers: int | None = None) -> dict:
+    """Submit every unique step once, when its parent is done (at most ``workers`` in flight, in
+    plan order); close each stage's MLflow run as its step finishes.  Returns
     {key: (artifact, state name)}; a failed step is printed once, with its ``cells``, and its
     descendants are not started; then raises ``StepsFailed``."""
     if torch_threads and len(built) < len(steps):
         import torch  # thread workers share this process: split the cores between them
         torch.set_num_threads(torch_threads)
-    cells, priority = cells or {}, priority or {}
+    cells = cells or {}
     store, done, failed, damaged = ArtifactStore(root), {}, [], []
     futures, in_flight, doing = {}, {}, {}  # key -> future; future -> step; key -> progress token
-    ready = [s for s in steps if s.parent_key is None]
+    ready = [s for s in steps if s.parent_key is None]  # both lists keep the plan's order
     waiting = [s for s in steps if s.parent_key is not None]
 
     def where(step: Step) -> str:
         return f"{step.label} ({cells[step.key]})" if step.key in cells else step.label
     try:
         while ready or in_flight:
-            ready.sort(key=lambda s: -priority.get(s.key, 0.0))  # stable: plan order among equals
             while ready and (workers is None or len(in_flight) < workers):
                 step = ready.pop(0)
                 task = STAGE_TASKS[step.stage].with_options(refresh_cache=step.key not in built)

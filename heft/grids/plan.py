@@ -28,8 +28,6 @@ from heft.store.artifacts import ArtifactStore
 SECONDS_PER_ROW = {"lora": 0.076, "reft": 0.045, "evaluate": 0.018}
 FIXED_SECONDS = {"data": 1.0, "base": 1.0, "merge": 4.0, "lora": 5.0, "reft": 5.0, "evaluate": 3.0}
 GPU_STAGES = ("lora", "merge", "reft", "evaluate")  # the stages that hold a model on a device
-# row counts assumed before the data split exists: only which ready step starts first uses them
-NOMINAL_ROWS = {"train": 1000, "valid": 200, "eval": 500}
 
 
 def plan_cells(cells: list[Cell], fingerprints: Fingerprints | None = None) -> list[Plan]:
@@ -103,19 +101,14 @@ class GridPlan:
         seconds, keys = max(best.values(), key=lambda v: v[0]) if best else (0.0, [])
         return seconds, [self.steps[k] for k in keys]
 
-    def remaining(self, costs: dict[str, float]) -> dict[str, float]:
-        """{key: seconds of the longest chain from the step's start to the end of the grid}."""
+    def simulate(self, costs: dict[str, float], workers: int) -> float:
+        """Wall seconds of greedy list scheduling on ``workers`` identical workers, each step
+        started as soon as its parent is done and a worker is free, longest remaining chain
+        first (the order a task runner sees ready tasks is close to this)."""
         remaining: dict[str, float] = {}
         for key in reversed(list(self.steps)):  # children before parents
             tail = max((remaining[c.key] for c in self.children(key)), default=0.0)
             remaining[key] = costs[key] + tail
-        return remaining
-
-    def simulate(self, costs: dict[str, float], workers: int) -> float:
-        """Wall seconds of greedy list scheduling on ``workers`` identical workers, each step
-        started as soon as its parent is done and a worker is free, longest remaining chain
-        first (what the threads engine does, flows/runners.py)."""
-        remaining = self.remaining(costs)
         ready = [(-remaining[k], k) for k, s in self.steps.items() if s.parent_key is None]
         heapq.heapify(ready)
         running: list[tuple[float, str]] = []
