@@ -176,10 +176,10 @@ def test_a_failed_step_is_reported_once_with_its_cells(harness, tiny_llama, keyw
 
 def test_an_interrupted_grid_stops_its_threads_and_leaves_nothing_running(harness, tiny_llama, keyword_data,
                                                                           grid_dir):
-    """Ctrl-C (SIGINT to this process) while LoRA trains on a worker thread: the grid stops within
-    seconds (the threads stop at their next step, not after 200 epochs), every MLflow run (grid,
-    cells, stages) is KILLED, no Prefect flow or task run is left RUNNING, and the interrupt is
-    recorded as having stopped LoRA, with its cell."""
+    """Ctrl-C (SIGINT to this process) while LoRA and the ReFT-only branch train on the two worker
+    threads: the grid stops within seconds (both threads at their next step, not after 200
+    epochs), every MLflow run (grid, cells, stages) is KILLED, no Prefect flow or task run is
+    left RUNNING, and the interrupt is recorded as having stopped both, each with its cell."""
     import os
     import signal
     import time
@@ -200,7 +200,8 @@ def test_an_interrupted_grid_stops_its_threads_and_leaves_nothing_running(harnes
     watcher = threading.Thread(target=interrupt_once_lora_trains, daemon=True)
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
-        heft_grid(spec=threads_grid(tiny_llama, keyword_data, grid_dir, "stop", "lora.epochs=200"),
+        heft_grid(spec=threads_grid(tiny_llama, keyword_data, grid_dir, "stop", "lora.epochs=200",
+                                    "reft.epochs=200"),
                   report_dir=str(grid_dir / "report-stop"))
     seconds = time.monotonic() - stopped_at[0]
     assert seconds < 30, f"took {seconds:.0f} s to stop"
@@ -211,4 +212,5 @@ def test_an_interrupted_grid_stops_its_threads_and_leaves_nothing_running(harnes
         running += [f"flow {r.name} {r.state_type.value}" for r in client.read_flow_runs()
                     if not r.state.is_final()]
     assert running == []
-    assert "lora (cell HEFT seed=0)" in progress.interrupted_during()
+    stopped = sorted(progress.interrupted_during())
+    assert stopped == ["lora (cell HEFT seed=0)", "reft (cell ReFT-only seed=0)"], stopped

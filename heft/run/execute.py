@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from heft.config import RunConfig
-from heft.progress import Progress
+from heft.progress import Progress, clear_stop
 from heft.plan import Plan, Step, plan
 from heft.stages import run_step
 from heft.store.artifacts import Artifact, ArtifactStore
@@ -62,6 +62,7 @@ def execute(steps: list[Step], store: ArtifactStore, runner: Runner,
             built: set[str] | None = None) -> dict[str, Outcome]:
     """{key: Outcome} for every step, found or built by ``runner``; a damaged artifact is set
     aside by the stage that found it and rebuilt by walking the steps again."""
+    clear_stop()  # an earlier run in this process may have been interrupted
     for attempt in range(REBUILDS + 1):
         if built is None:
             built = built_keys(steps, store)
