@@ -85,6 +85,8 @@ def on_task_runner(grid: GridPlan, store: ArtifactStore, cell_runs: list[Tracker
         except BaseException as e:  # the stage runs a failure or an interrupt left open
             close_open(runs.values(), "FAILED" if isinstance(e, Exception) else "KILLED")
             raise
+        finally:
+            progress.clear_stop()  # the task runner has joined its threads: none is left to stop
         return {s.key: Outcome(s, done[s.key][0], done[s.key][1], s.key in built) for s in steps}
     return run
 
@@ -257,11 +259,11 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 def stop_in_flight(in_flight: dict) -> None:
     """Stop the stages running on worker threads at their next step, wait for them (they end
     their task runs Crashed), and mark Crashed any task run still not finished (one on a Dask
-    worker that died with the interrupt).  The stop stays requested until the next run starts:
+    worker that died with the interrupt).  The stop stays requested until every thread ended:
     cleared as soon as the first stage stopped, a second stage busy between two steps (saving
     its checkpoint) missed it and trained to its end (measured: 86 s, two LoRAs of
     stories260K; 5 s with the stop kept)."""
-    progress.request_stop()  # until the next run starts (execute clears it): every thread must see it
+    progress.request_stop()  # until the task runner has joined its threads (on_task_runner clears it)
     deadline = time.monotonic() + STOP_WAIT_S
     for future in in_flight:
         try:

@@ -212,5 +212,6 @@ def test_an_interrupted_grid_stops_its_threads_and_leaves_nothing_running(harnes
         running += [f"flow {r.name} {r.state_type.value}" for r in client.read_flow_runs()
                     if not r.state.is_final()]
     assert running == []
+    progress.check_stop()  # cleared once the threads ended: later work in this process runs
     stopped = sorted(progress.interrupted_during())
     assert stopped == ["lora (cell HEFT seed=0)", "reft (cell ReFT-only seed=0)"], stopped
