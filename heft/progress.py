@@ -84,6 +84,7 @@ def now_doing() -> list[str]:
     with _DOING_LOCK:
         return list(_DOING.values())
 
+
 EpochCallback = Callable[[int, dict], None]
 StepCallback = Callable[[int, dict], None]
 
