@@ -43,21 +43,38 @@ def services_starting(tracking_uri: str | None = None):
         yield serve
 
 
-def stop_on_sigterm() -> None:
+STOPPED_BY: dict[str, str] = {}  # the signal that stopped the command (for the message at exit)
+
+
+def stop_on_signals() -> None:
     """SIGTERM (a scheduler, `kill`, a container stop) ends the CLI as Ctrl-C does: the training
-    stops between steps, the MLflow runs are closed KILLED, the Prefect flow run ends Crashed,
-    and the temporary server is stopped at exit after the last states reached it."""
+    stops between steps (on worker threads too), the MLflow runs are closed KILLED, the Prefect
+    runs end Crashed, and the temporary server is stopped at exit after the last states reached
+    it.  Either signal is remembered for the message.  A SIGINT the shell set to be ignored (a
+    background job) stays ignored."""
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        STOPPED_BY.setdefault("signal", signal.Signals(signum).name)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
     signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+
+
+def stopped_message() -> str:
+    """'heft: stopped by SIGINT during lora (cell HEFT 3+3 seed=0); ...'."""
+    from heft.progress import interrupted_during
+    how = f" by {STOPPED_BY['signal']}" if "signal" in STOPPED_BY else ""
+    during = interrupted_during()
+    return (f"heft: stopped{how}{' during ' + ', '.join(during) if during else ''}; "
+            "finished stages are kept, a rerun resumes from them")
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOPPED_BY.clear()
     try:
         return command(argv)
-    except KeyboardInterrupt as e:
-        print(f"heft: stopped ({e or 'interrupted'}); finished stages are kept, a rerun resumes from them",
-              file=sys.stderr)
+    except KeyboardInterrupt:
+        print(stopped_message(), file=sys.stderr)
         return 130
 
 
@@ -83,7 +100,7 @@ def command(argv: list[str] | None = None) -> int:
     st.add_argument("overrides", nargs="*", help="grid fields or run overrides added to every grid")
     model_cli.add_parsers(sub)
     args = parser.parse_args(argv)
-    stop_on_sigterm()
+    stop_on_signals()
     if args.command == "predict":
         return model_cli.predict_command(args)
     if args.command == "export":
@@ -119,6 +136,7 @@ def command(argv: list[str] | None = None) -> int:
 
 def grid_command(args) -> int:
     from heft.grids.spec import expand, load_grid
+    from heft.run.execute import StepsFailed
     try:
         spec = load_grid(args.grid, args.overrides)
         cells = expand(spec)
@@ -134,6 +152,9 @@ def grid_command(args) -> int:
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
+    except StepsFailed as e:  # each failed step was printed once, with its cells, as it failed
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -159,6 +180,7 @@ def describe_grid(cells) -> list[str]:
 
 def study_command(args) -> int:
     from heft.grids.spec import expand
+    from heft.run.execute import StepsFailed
     from study.spec import load_study
     try:
         spec = load_study(args.study)
@@ -175,6 +197,9 @@ def study_command(args) -> int:
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
+    except StepsFailed as e:
+        print(f"heft: error: {e}", file=sys.stderr)
+        return 1
     print(f"results: {out['results']} (MLflow run {out['mlflow_run_id']}, {out['seconds']:.0f} s)")
     return 0
 

@@ -32,6 +32,7 @@ from heft.store.artifacts import ArtifactStore
 from heft.tracking import Tracker, experiment_id
 from heft.tracking.client import compare_url, ui_url
 from heft.tracking.context import source_tags
+from heft.tracking.orphans import close_orphans_note
 from tasks.models import register_task
 from tasks.pipeline_run import PipelineRun
 from tasks.stages import link_builder
@@ -113,6 +114,8 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
         f"Dask {spec.dask}" if spec.dask else f"{spec.workers} thread worker(s)"
     print(f"grid {spec.name}: {len(cells)} cells, {len(grid_plan.steps)} unique steps, on {engine}")
     study_run = None
+    if not mlflow_parent_run_id and (note := close_orphans_note(first.tracking_uri, first.experiment)):
+        print(note)
     if mlflow_parent_run_id:
         study_run = Tracker(first.tracking_uri, experiment_id(first.tracking_uri, first.experiment),
                             mlflow_parent_run_id)

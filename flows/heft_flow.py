@@ -16,6 +16,7 @@ from heft.run.result import RunResult, row, summary
 from heft.run.validate import Checked, validate
 from heft.store.artifacts import ArtifactStore
 from heft.tracking import Tracker, experiment_id
+from heft.tracking.orphans import close_orphans_note
 from tasks.pipeline_run import PipelineRun
 
 
@@ -53,6 +54,8 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     config = planned.config
     store = ArtifactStore(config.artifact_root)
     grid_run = None
+    if not mlflow_parent_run_id and (note := close_orphans_note(config.tracking_uri, config.experiment)):
+        print(note)
     if mlflow_parent_run_id:
         grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
                            mlflow_parent_run_id)

@@ -23,6 +23,7 @@ from study.derived import write_derived_task
 from heft.grids.spec import expand
 from study.spec import load_study
 from heft.tracking import Tracker
+from heft.tracking.orphans import close_orphans_note
 
 DEFAULT_STUDY = "deployments/study/minilm.yaml"
 
@@ -49,6 +50,8 @@ def heft_study(study: str = DEFAULT_STUDY, overrides: list[str] | None = None,
     if len(stores) > 1:
         raise ConfigError(f"a study logs to one MLflow experiment, its grids name {sorted(stores)}")
     print(f"study {spec.name}: {len(grids)} grids, {sum(map(len, cells.values()))} cells")
+    if note := close_orphans_note(first.tracking_uri, first.experiment):
+        print(note)
     params = {"study.name": spec.name, "study.grids": " ".join(spec.grids),
               "study.overrides": " ".join(list(spec.overrides) + list(overrides or []))}
     with Tracker.start(first.tracking_uri, first.experiment, run_name=f"study: {spec.name}", params=params,

@@ -20,6 +20,7 @@ from heft.plan import Plan, trained_epochs
 from heft.run.result import RunResult, StageRow, run_result, summary
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.tracking import Tracker, find_logged_model
+from heft.tracking.runs import exit_status
 from heft.tracking.context import dataset_input, source_tags
 from heft.tracking.client import client, soft, ui_url
 from heft.tracking.vocabulary import pipeline_metrics
@@ -50,8 +51,7 @@ class PipelineRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
-        self.close("KILLED" if interrupted else "FAILED" if exc_type else "FINISHED")
+        self.close(exit_status(exc_type))
 
     def finish(self, artifacts: dict[str, Artifact], rows: list[StageRow]) -> RunResult:
         """Log results, dataset and model, publish the Prefect summary; the run's ``RunResult``.

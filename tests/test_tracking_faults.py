@@ -4,6 +4,7 @@ in validation (tests/test_validation.py), and two runs started at once on a bran
 store both work (its creation is serialised)."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -82,3 +83,35 @@ def test_two_runs_at_once_on_a_new_sqlite_store(tmp_path):
     from mlflow import MlflowClient
     client = MlflowClient(uri)
     assert len(client.search_runs([client.get_experiment_by_name("heft").experiment_id])) == 2
+
+
+# opens an MLflow run, then dies as the OOM killer would end it: no chance to close the run
+KILLED_RUN = ("import os, signal, sys\nfrom heft.tracking import Tracker\n"
+              "run = Tracker.start(sys.argv[1], 'heft', 'killed', params={})\n"
+              "print(run.run_id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def test_a_run_left_running_by_a_killed_process_is_closed_on_the_next_start(tmp_path):
+    """What `heft run`, `heft grid` and `heft study` do when they start: runs of the experiment
+    still RUNNING whose process on this host is gone become KILLED; a live process's run, and a
+    run whose pid now belongs to another process (another start time), are told apart."""
+    import signal
+
+    from mlflow import MlflowClient
+    from heft.tracking.orphans import PID_STARTED, alive, close_orphans, process_started
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    live = Tracker.start(uri, "heft", "live", params={})  # this process's: it still runs
+    out = subprocess.run([sys.executable, "-c", KILLED_RUN, uri], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    killed = out.stdout.split()[0]
+    client = MlflowClient(uri)
+    assert client.get_run(killed).info.status == "RUNNING"  # what kill -9 leaves behind
+    assert close_orphans(uri, "heft") == ["killed"]
+    assert client.get_run(killed).info.status == "KILLED"
+    assert "was gone" in client.get_run(killed).data.tags["heft.closed_by"]
+    assert client.get_run(live.run_id).info.status == "RUNNING"
+    assert close_orphans(uri, "heft") == [] and close_orphans(uri, "no-such-experiment") == []
+    started = client.get_run(live.run_id).data.tags.get(PID_STARTED)
+    if started:  # Linux: the same pid with another start time is another process
+        assert started == process_started(os.getpid()) and not alive(os.getpid(), str(int(started) + 1))

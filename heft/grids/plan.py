@@ -3,8 +3,8 @@
 Cells that agree on data, model and LoRA config share those steps by key, so a 9-cell ReFT
 layer x dim ablation is 1 data + 1 base + 1 LoRA + 1 merge + 2 evaluations + 9 ReFT + 9
 evaluations = 24 steps, not 72.  ``GridPlan`` is computed once from the cells' plans before
-anything runs; the grid flow submits each step once, its parent's future as its input, so
-independent branches run at the same time on whatever workers the task runner has.
+anything runs; the grid flow submits each step once, when its parent is done, so independent
+branches run at the same time on whatever workers the task runner has.
 
 ``estimate`` gives each step a cost in seconds from per-row constants measured on this
 project's machine (docs/benchmarks.md: MiniLM, 2 cores), so ``critical_path`` and

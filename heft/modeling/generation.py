@@ -28,6 +28,7 @@ from heft.data.batching import Encoded, collate, eval_batches
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import autocast
+from heft.progress import check_stop
 
 
 def cut(text: str, stop: str) -> str:
@@ -81,6 +82,7 @@ def _generate_batch(model, tok, enc, idx, pad, dev, max_new_tokens, stop, interv
     tokens: list[list[int]] = [[] for _ in idx]
     done = [False] * len(idx)
     for _ in range(max_new_tokens):
+        check_stop()  # an interrupted run stops between decode steps
         nxt = step.logits[:, -1].argmax(-1)
         for row, t in enumerate(nxt.tolist()):       # the one host read per step
             if done[row]:

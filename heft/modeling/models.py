@@ -11,6 +11,7 @@ evaluation and both stages share one code path.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 from torch import nn
@@ -24,6 +25,16 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "falcon")
 HEAD_MODULES = ("classifier", "score")  # the seq-cls heads of HF models (trained, never LoRA-adapted)
 
+# One model is built at a time in this process.  transformers' from_pretrained swaps
+# process-wide state while it builds a model: PreTrainedModel.tie_weights (replaced by a no-op),
+# torch's default dtype, torch.nn.init's functions.  Two loads on two threads (the threads
+# engine of a grid) interleave those swaps, one thread restores the other's no-op, and from
+# then on every load in the process leaves a tied lm_head on the meta device ("Cannot copy out
+# of meta tensor", measured on stories260K).  The lock also makes "seed, then build" atomic:
+# a fresh head or adapter draws its initial weights from torch's process-wide generator.
+# Re-entrant: a stage holds it across load, head and adapter.
+LOADING = threading.RLock()
+
 
 def device() -> torch.device:
     """CUDA when there is one (bf16 presets are meant for it), else the CPU."""
@@ -34,7 +45,8 @@ def auto_config(name: str, gguf_file: str = ""):
     from transformers import AutoConfig
     path = resolve_name(name)
     try:
-        return AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        with LOADING:
+            return AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as e:
         if os.path.exists(path):
             raise ConfigError(f"model.name={name!r}: this folder holds no loadable model config: {e}") \
@@ -63,7 +75,9 @@ def depth_of(hf_config) -> int:
 
 def load_tokenizer(path: str, family: str, gguf_file: str = ""):
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(resolve_name(path), **({"gguf_file": gguf_file} if gguf_file else {}))
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    with LOADING:
+        tok = AutoTokenizer.from_pretrained(resolve_name(path), **kwargs)
     if tok.pad_token is None:  # Llama tokenizers ship without one; padding is masked anyway
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = "right"
@@ -96,16 +110,18 @@ class MeanPoolHead(nn.Module):
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def load_model(path: str, family: str, dtype: str = "float32", gguf_file: str = ""):
+def load_model(path: str, family: str, dtype: str = "float32", gguf_file: str = "", seed: int | None = None):
     """Model from a hub id or folder (or a GGUF file in it, de-quantized); seq-cls gets a
-    (seeded) fresh 2-label head if it has none."""
+    fresh 2-label head if it has none, drawn after ``torch.manual_seed(seed)`` when a seed is
+    given.  One load at a time in the process (``LOADING``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     kwargs = {"dtype": TORCH_DTYPES[dtype], **({"gguf_file": gguf_file} if gguf_file else {})}
-    if family == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(resolve_name(path), **kwargs)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_name(path), num_labels=2, **kwargs)
-    return model
+    with LOADING:
+        if seed is not None:
+            torch.manual_seed(seed)
+        if family == "causal-lm":
+            return AutoModelForCausalLM.from_pretrained(resolve_name(path), **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(resolve_name(path), num_labels=2, **kwargs)
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:

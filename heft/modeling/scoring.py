@@ -20,6 +20,7 @@ from heft.modeling import models
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import autocast
 from heft.modeling.sequences import continuation_logprobs
+from heft.progress import check_stop
 
 
 @torch.no_grad()
@@ -35,6 +36,7 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
+            check_stop()  # an interrupted grid stops its scoring threads between batches
             batch = collate(enc, idx, pad_id)
             if intervention:
                 intervention.set_batch(batch)
@@ -60,6 +62,7 @@ def score_choices(model, enc: Encoded, rows: int, batch_size: int, *, pad_id: in
     dev = next(model.parameters()).device
     with intervention.attached(layers) if intervention else nullcontext():
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
+            check_stop()
             batch = collate(enc, idx, pad_id)
             if intervention:
                 intervention.set_batch(batch)

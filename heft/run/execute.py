@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from heft.config import RunConfig
-from heft.progress import Progress
+from heft.progress import Progress, clear_stop
 from heft.plan import Plan, Step, plan
 from heft.stages import run_step
 from heft.store.artifacts import Artifact, ArtifactStore
@@ -37,6 +37,10 @@ class Outcome:
     artifact: Artifact
     state: str        # Completed or Cached (Prefect's state names; the plain runner uses the same)
     reused: bool      # the artifact was in the store before this walk
+
+
+class StepsFailed(RuntimeError):
+    """Steps of a grid failed; the runner has named each, with its cells, where it failed."""
 
 
 # runner(steps, built keys) -> {key: Outcome}; raises DamagedArtifact after setting one aside
@@ -58,6 +62,7 @@ def execute(steps: list[Step], store: ArtifactStore, runner: Runner,
             built: set[str] | None = None) -> dict[str, Outcome]:
     """{key: Outcome} for every step, found or built by ``runner``; a damaged artifact is set
     aside by the stage that found it and rebuilt by walking the steps again."""
+    clear_stop()  # an earlier run in this process may have been interrupted
     for attempt in range(REBUILDS + 1):
         if built is None:
             built = built_keys(steps, store)

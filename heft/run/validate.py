@@ -61,7 +61,9 @@ def model_skeleton(family: str, hf_config):
     """The model's module tree on the meta device: names and shapes, no weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    with torch.device("meta"):
+
+    from heft.modeling.models import LOADING
+    with LOADING, torch.device("meta"):  # from_config swaps process-wide state as from_pretrained does
         if family == "causal-lm":
             return AutoModelForCausalLM.from_config(hf_config)
         return AutoModelForSequenceClassification.from_config(hf_config)

@@ -13,6 +13,7 @@ from collections import Counter
 
 from heft.config import EvalConfig
 from heft.data.task import Task
+from heft.modeling import models
 from heft.modeling.answering import correct
 from heft.stages import Context
 from heft.stages.inputs import StageInputs, artifact_ref
@@ -50,7 +51,8 @@ def load_for_eval(inputs: StageInputs, seed: int = 0):
     model = inputs.load_weights(seed=inputs.parent.meta.get("config", {}).get("seed", seed))
     inputs.load_head(model)
     if (adapter := inputs.optional("adapter")):
-        model = PeftModel.from_pretrained(model, adapter)
+        with models.LOADING:  # peft builds the adapter's layers: one model built at a time
+            model = PeftModel.from_pretrained(model, adapter)
     return model.eval(), inputs.intervention()
 
 

@@ -13,8 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from heft.config import ModelConfig
 from heft.data.batching import Encoded, encode, encode_sequences
 from heft.data.sources import read_split
@@ -71,9 +69,9 @@ class StageInputs:
 
     def load_weights(self, seed: int):
         """Plain HF model from the parent's weights.  Seeded: a new seq-cls head is random."""
-        torch.manual_seed(seed)
-        return models.load_model(self.resolve(self.parent.lineage("weights")), self.family,
-                                 self.model_cfg.dtype, self.gguf_file).to(models.device())
+        path = self.resolve(self.parent.lineage("weights"))  # outside the lock: may download or hash
+        return models.load_model(path, self.family, self.model_cfg.dtype, self.gguf_file,
+                                 seed=seed).to(models.device())
 
     def load_head(self, model) -> None:
         """Put a seq-cls head trained by an earlier ReFT stage into ``model`` (if any)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from heft.config import ConfigError, LoraConfig
+from heft.modeling import models
 from heft.modeling.training import train
 from heft.stages import Context
 from heft.stages.inputs import StageInputs, artifact_ref
@@ -47,18 +48,21 @@ def train_lora(cfg: LoraConfig, parent: Artifact, ctx: Context) -> Built:
         raise ValueError(f"lora trains on a base model or a ReFT artifact, got a {parent.stage!r} artifact")
     inputs = StageInputs.of(parent, ctx.store)
     tok = inputs.tokenizer()
-    model = inputs.load_weights(cfg.seed)
-    inputs.load_head(model)
-    frozen = inputs.intervention()  # ReFT -> LoRA: the ReFT stage's intervention, not trained
-    if frozen:
-        frozen.loreft.requires_grad_(False)
-    causal = inputs.family == "causal-lm"
-    peft_cfg = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=target_modules(cfg, model),
-        # SEQ_CLS also trains and saves the new classification head (modules_to_save)
-        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
-    model = get_peft_model(model, peft_cfg)
+    # seed, weights, adapter: one build with no other model built in between (models.LOADING),
+    # so the adapter's random initial A is the same as in a run with one worker
+    with models.LOADING:
+        model = inputs.load_weights(cfg.seed)
+        inputs.load_head(model)
+        frozen = inputs.intervention()  # ReFT -> LoRA: the ReFT stage's intervention, not trained
+        if frozen:
+            frozen.loreft.requires_grad_(False)
+        causal = inputs.family == "causal-lm"
+        peft_cfg = PeftLoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            target_modules=target_modules(cfg, model),
+            # SEQ_CLS also trains and saves the new classification head (modules_to_save)
+            task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
+        model = get_peft_model(model, peft_cfg)
     if cfg.gradient_checkpointing:  # non-reentrant: no need for inputs that require grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

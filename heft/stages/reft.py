@@ -59,9 +59,10 @@ def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
     tok = inputs.tokenizer()
     model = inputs.load_weights(cfg.seed)
     model.requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    # float32 on any model dtype (heft/modeling/loreft.py: no bf16 orgqr, bf16 steps rounded away)
-    loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout).to(models.device())
+    with models.LOADING:  # seed, then the random R and W, with no other model built in between
+        torch.manual_seed(cfg.seed)
+        # float32 on any model dtype (heft/modeling/loreft.py: no bf16 orgqr, bf16 steps rounded away)
+        loreft = LoReFT(inputs.hidden_size, cfg.rank, cfg.dropout).to(models.device())
     intervention = Intervention(loreft, cfg.layer, cfg.positions)
     groups = [{"params": list(loreft.parameters())}]
     head = head_parameters(model) if inputs.family == "seq-cls" and cfg.train_head else {}

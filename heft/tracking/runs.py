@@ -19,6 +19,7 @@ from heft.config import flat_params
 from heft.progress import Progress
 from heft.store.artifacts import Artifact
 from heft.tracking.client import call, client, experiment_id, soft
+from heft.tracking.orphans import process_tags
 from heft.tracking.vocabulary import epoch_metrics, stage_metrics
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,7 +45,7 @@ class Tracker:
     def start(cls, uri: str, experiment: str, run_name: str, params: dict[str, Any],
               parent: "Tracker | None" = None, tags: dict[str, str] | None = None) -> "Tracker":
         exp = parent.experiment_id if parent else experiment_id(uri, experiment)
-        all_tags = dict(tags or {})
+        all_tags = {**process_tags(), **(tags or {})}  # which process: a run it left RUNNING is closed later
         if parent:
             all_tags[PARENT_TAG] = parent.run_id
         run = call(client(uri).create_run, exp, run_name=run_name, tags=all_tags, what="create run")
@@ -59,9 +60,9 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        """FINISHED, FAILED when the block raised, KILLED when it was interrupted."""
-        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
-        self.finish("KILLED" if interrupted else "FAILED" if exc_type else "FINISHED")
+        """FINISHED, FAILED when the block raised, KILLED when it was interrupted (KeyboardInterrupt,
+        SystemExit, Prefect's TerminationSignal: anything raised that is not an Exception)."""
+        self.finish(exit_status(exc_type))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -129,6 +130,22 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         call(client(self.uri).set_terminated, self.run_id, status=status, what="close run")
+
+    def close_if_open(self, status: str) -> bool:
+        """Close the run with ``status`` unless it is closed already (a stage that finished keeps
+        FINISHED when the grid around it fails); whether it was open."""
+        run = call(client(self.uri).get_run, self.run_id, what="read run")
+        if run.info.status != "RUNNING":
+            return False
+        self.finish(status)
+        return True
+
+
+def exit_status(exc_type) -> str:
+    """The MLflow status of a run whose block ended with ``exc_type`` (None: it did not raise)."""
+    if exc_type is None:
+        return "FINISHED"
+    return "FAILED" if issubclass(exc_type, Exception) else "KILLED"
 
 
 def find_logged_model(run: Tracker, evaluation_key: str) -> str | None:
