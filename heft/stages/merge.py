@@ -1,34 +1,20 @@
 """Merge: fold the LoRA update into the base weights, so ReFT sees a plain HF model.
 
-``merge_and_unload(safe_merge=True)`` computes W + (alpha/r) B A into a copy and
-refuses NaN/inf before replacing W.  We also check that the merged model gives the same
-outputs as base + adapter on a few validation rows (for a causal LM the logits over the
-whole vocabulary at every token, for an encoder every token's last hidden state and the
-class scores: not only the answer logits), and record the largest difference in the
-artifact's metrics.
+``merge_and_unload(safe_merge=True)`` computes W + (alpha/r) B A into a copy and refuses
+NaN/inf before replacing W.  The merged model must then give the outputs of base + adapter on
+a few validation rows (a causal LM's logits over the whole vocabulary at every token; an
+encoder's last hidden states and class scores), and the largest difference is recorded.
 
-The check is independent of the merge: the reference is the adapter's own forward pass
-(x W + (x A) B alpha/r, what the LoRA evaluation scored), computed on its own loaded copy
-before anything is merged; the merge is done on a second copy (``merged_copy``).  With one
-model object for both, whatever was done to it on the way to the merge before the reference
-was taken (say, its scaling set to alpha instead of alpha/r) moved the reference too, and the
-check passed.
+The check is independent of the merge: the reference is the adapter's own forward pass on its
+own loaded copy, taken before anything is merged; the merge is done on a second copy
+(``merged_copy``), so a merge that mis-scales the update cannot move its own reference.
 
-The check runs in float32 whatever the model's dtype: the low-precision base is upcast
-(exactly) and the adapter already is float32, so base + adapter and W + dW differ by float32
-rounding alone (3e-7 to 4e-5 of the outputs' scale measured: MiniLM and stories260K on the
-CPU, SmolLM2 on the CPU and on an H200, the largest after one LoRA epoch there), and a merge
-that dropped or mis-scaled the update is off by tens of percent (the LoRA update moved the
-scores by 60% on stories260K, 35% on MiniLM).  The tolerance, 1e-3, leaves deeper and wider
-models 25x headroom over SmolLM2's float32 rounding and is still 350x below a lost update.
-Only then are the merged weights rounded, once, to the configured dtype; what that rounding
-does to the outputs is recorded (``merge_dtype_rounding``), not judged: it is the same
-rounding the base model itself carries.
-Why not compare in bf16: on a deep LM the bf16 outputs move by rounding alone far past any
-tolerance that would still catch a broken merge.  SmolLM2-135M (30 blocks) in bf16 on the CPU
-moved by 6.6% of the logits' scale after a 40-row adapter (bf16 against float32 of the same
-base: 4.9%), and by 100.6% on an H200 after a 4,546-row epoch, where the bf16 check (then 5%)
-refused the merge (docs/benchmarks.md, section 9).
+It runs in float32 whatever the model's dtype, so base + adapter and W + dW differ by float32
+rounding alone while a lost or mis-scaled update is off by tens of percent; the tolerance
+(1e-3 of the outputs' scale) sits between the two.  In bf16, rounding alone moves a deep LM's
+outputs past any tolerance that would still catch a broken merge.  Only then are the merged
+weights rounded once to the configured dtype, and what that rounding does is recorded
+(``merge_dtype_rounding``), not judged.  Measurements: docs/benchmarks.md, section 9.
 """
 from __future__ import annotations
 
