@@ -189,3 +189,20 @@ def test_a_users_own_task_trains_end_to_end_on_the_tiny_llama(kind, tiny_llama, 
 
 def task_prompt(row: dict) -> str:
     return f"Question: {row['question']} Answer:"
+
+
+def test_a_task_change_reruns_from_the_data_down_and_a_reft_change_only_reft(tiny_llama, tmp_path):
+    """Plans of one generate task: another task moves every key; another ReFT layer moves only
+    the ReFT step and its evaluation (the rest is reused, as for BoolQ)."""
+    source = write(tmp_path / "own.jsonl", keyword_rows("generate", 40))
+    cfg = RunConfig(model=ModelConfig(name=str(tiny_llama)),
+                    data=DataConfig(source=str(source), holdout_size=10),
+                    task=TaskConfig(name="custom", kind="generate", template="Question: {question} Answer:",
+                                    answer="text"), reft=ReftConfig(layer=1), artifact_root=str(tmp_path))
+    import dataclasses
+    keys = {s.name: s.key for s in plan(cfg).steps}
+    other_task = {s.name: s.key for s in plan(dataclasses.replace(
+        cfg, task=dataclasses.replace(cfg.task, template="Q: {question} A:"))).steps}
+    other_layer = {s.name: s.key for s in plan(dataclasses.replace(cfg, reft=ReftConfig(layer=2))).steps}
+    assert all(keys[n] != other_task[n] for n in keys)
+    assert {n for n in keys if keys[n] != other_layer[n]} == {"reft", "eval:heft"}
