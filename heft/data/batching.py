@@ -208,4 +208,28 @@ CPU_KEYS = ("index", "prompt_start", "prompt_len", "length")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v if k in CPU_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
+    """The batch's model inputs on ``device``; positions, lengths and row numbers stay on the CPU.
+
+    The right-padding check reads the CPU mask before the copy (on the device it would be a host
+    sync per batch).  On CUDA the copies are from pinned memory and non-blocking: the host queues
+    them and goes on, and the copy engine overlaps them with the previous step's kernels."""
+    check_right_padded(batch["attention_mask"])
+    return {k: v if k in CPU_KEYS else host_to_device(v, device) for k, v in batch.items()}
+
+
+def check_right_padded(attention_mask: torch.Tensor) -> None:
+    """Every row's real tokens come first: the last real token is at length-1.  Scoring reads the
+    answer at that position, so a left-padded batch would score padding (generation pads on the
+    left on purpose and says where each prompt starts).  Called on the CPU mask, before the copy
+    (``to_device``): on the device the check would cost a host sync per batch."""
+    if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError("attention_mask is not right-padded: heft scores and intervenes at "
+                         "positions counted from the start of each row (pad on the right)")
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without making the host wait: pinned, then non-blocking on CUDA
+    (a copy from pageable memory is staged by the driver, and may wait for the device)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

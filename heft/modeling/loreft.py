@@ -34,16 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heft.config import parse_positions
-
-
-def check_right_padded(attention_mask: torch.Tensor) -> None:
-    """Every row's real tokens come first: the last real token is at length-1.  Scoring reads the
-    answer at that position, so a left-padded batch would score padding (generation pads on the
-    left on purpose and says where each prompt starts).  Call it on the CPU mask: on a device
-    the check would cost a host sync per batch."""
-    if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-        raise ValueError("attention_mask is not right-padded: heft scores and intervenes at "
-                         "positions counted from the start of each row (pad on the right)")
+from heft.data.batching import host_to_device
 
 
 class LowRankRotate(nn.Module):
@@ -167,7 +158,7 @@ class Intervention:
         tensors: the positions are computed on the host, then copied once)."""
         index, valid = self.token_index(batch["prompt_start"], batch["prompt_len"])
         device = self.loreft.R.device
-        self._index, self._valid = index.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+        self._index, self._valid = host_to_device(index, device), host_to_device(valid, device)
 
     def clear(self) -> None:
         """Stop intervening (decoding steps after the prompt's prefill)."""
