@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from heft.data.batching import Encoded, collate, eval_batches, to_device
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
-from heft.modeling.precision import autocast
+from heft.modeling.precision import adapters_follow_autocast, autocast
 from heft.modeling.sequences import continuation_logprobs
 
 
@@ -27,15 +27,16 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
             pad_id: int, intervention: Intervention | None = None, desc: str = "eval",
             return_scores: bool = False, precision: str = "off"):
     """Predicted labels (N,) in the order of ``enc`` (and the (N, 2) scores if asked);
-    ``precision`` 'bfloat16' runs the forward passes under bf16 autocast.  The scores stay on the
-    device until the last batch: one host read per pass, not one per batch."""
+    ``precision`` 'bfloat16' runs the forward passes under bf16 autocast (CPU or CUDA).  The scores
+    stay on the device until the last batch: one host read per pass, not one per batch."""
     was_training = model.training
     model.eval()
     layers = models.transformer_layers(model) if intervention else None
     dev = next(model.parameters()).device
     answers = models.answer_index(answer_ids, dev) if answer_ids is not None else None
     rows, scores = [], []
-    with intervention.attached(layers) if intervention else nullcontext():
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
             batch = collate(enc, idx, pad_id)
             if intervention:
@@ -64,7 +65,8 @@ def score_choices(model, enc: Encoded, rows: int, batch_size: int, *, pad_id: in
     layers = models.transformer_layers(model) if intervention else None
     dev = next(model.parameters()).device
     order, totals = [], []
-    with intervention.attached(layers) if intervention else nullcontext():
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
             batch = collate(enc, idx, pad_id)
             if intervention:

@@ -23,7 +23,7 @@ from heft.config import TrainConfig
 from heft.data.batching import Encoded, collate, to_device, train_batches
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
-from heft.modeling.precision import autocast
+from heft.modeling.precision import adapters_follow_autocast, autocast
 from heft.progress import Progress
 from heft.store.checkpoints import EpochCheckpoints
 
@@ -129,7 +129,8 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device
-    with intervention.attached(layers) if intervention else nullcontext():
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
             start, tally, mean = time.perf_counter(), LossTally(dev), math.nan
