@@ -200,6 +200,12 @@ class TrainConfig:
         "help": "'linear' (warm-up over warmup_ratio of all steps, decay to 0) or 'constant' (warm-up "
                 "over warmup_ratio of the first epoch, then flat: longer runs continue shorter ones)"})
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
+    # key=False: the same numbers up to rounding, in fused kernels
+    compile: bool = field(default=False, metadata={
+        "key": False,
+        "help": "torch.compile the transformer blocks for the training steps, batch widths padded up to "
+                "multiples of 64 so shapes repeat (heft/modeling/compiled.py); off until a GPU benchmark "
+                "shows it pays (not in the cache key)"})
 
     @property
     def head_learning_rate(self) -> float:

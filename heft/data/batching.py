@@ -156,11 +156,13 @@ def task_prompt(task: Task, row: dict) -> dict:
     return dict(row, prompt=render(task.template, row)) if task.template else row
 
 
-def collate(enc: Encoded, idx: list[int], pad_id: int, left: bool = False) -> dict:
+def collate(enc: Encoded, idx: list[int], pad_id: int, left: bool = False, multiple: int = 1) -> dict:
     """A padded batch on the CPU: right padding (scoring, training), or left padding for
     generation (the prompts end together where decoding starts).  ``prompt_start`` and
-    ``prompt_len`` locate each row's prompt; they are read on the CPU, never from the device."""
+    ``prompt_len`` locate each row's prompt; they are read on the CPU, never from the device.
+    ``multiple`` pads the width up to a multiple of it (the compiled path: shapes repeat)."""
     width = max(len(enc.input_ids[i]) for i in idx)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     types = torch.zeros((len(idx), width), dtype=torch.long) if enc.token_type_ids else None

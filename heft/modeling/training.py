@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from heft.config import TrainConfig
 from heft.data.batching import Encoded, collate, to_device, train_batches
 from heft.modeling import models
+from heft.modeling.compiled import BUCKET, compiled_blocks
 from heft.modeling.loreft import Intervention
 from heft.modeling.precision import adapters_follow_autocast, autocast
 from heft.progress import Progress
@@ -92,6 +93,17 @@ class LossTally:
         return total / max(1, self.rows), int(first_bad), bad, last
 
 
+def compilable(model, intervention: Intervention | None) -> list:
+    """The blocks the compiled path compiles: all but the intervention's own (its hook reads
+    per-batch positions) and, with a prefix cache, the blocks below it (their ``forward`` is
+    replaced by the cache)."""
+    if intervention is None:
+        return list(models.transformer_layers(model))
+    layers = models.transformer_layers(model)
+    return [b for i, b in enumerate(layers)
+            if i > intervention.layer or (i < intervention.layer and intervention.prefix is None)]
+
+
 def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, desc: str,
           intervention: Intervention | None = None, progress: Progress | None = None,
           checkpoints: EpochCheckpoints | None = None,
@@ -133,35 +145,39 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
             adapters_follow_autocast(model, precision):
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
-            start, tally, mean = time.perf_counter(), LossTally(dev), math.nan
+            start, tally = time.perf_counter(), LossTally(dev)
             batches = train_batches(train_enc, cfg.batch_size, cfg.seed, epoch)
             # disable=None: a bar on a terminal, none in log files and CI (one line per epoch below)
             bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                        disable=None)
-            for step, idx in enumerate(bar):
-                batch = collate(train_enc, idx, objective.pad_id)
-                if intervention:
-                    intervention.set_batch(batch)  # on the prompt positions, read on the host
-                with autocast(precision, dev.type):  # bf16 matmuls; parameters and grads stay float32
-                    loss = objective.loss(model, to_device(batch, dev))  # float32
-                tally.add(loss, len(idx), step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
-                global_step = (epoch - 1) * steps_per_epoch + step + 1
-                if progress.due(global_step, steps_per_epoch) or step == len(batches) - 1:
-                    mean, bad_step, bad, last = tally.read()
-                    if bad_step >= 0:
-                        raise FloatingPointError(f"{desc}: loss is {bad} at epoch {epoch} step {bad_step}")
-                    bar.set_postfix(loss=f"{mean:.4f}")
-                    progress.step(global_step, {"train_loss_step": last,
-                                                "learning_rate": scheduler.get_last_lr()[0]}, steps_per_epoch)
+            mean, multiple = math.nan, BUCKET if cfg.compile else 1
+            with compiled_blocks(compilable(model, intervention), cfg.compile):  # the steps, not validation
+                for step, idx in enumerate(bar):
+                    batch = collate(train_enc, idx, objective.pad_id, multiple=multiple)
+                    if intervention:
+                        intervention.set_batch(batch)  # on the prompt positions, read on the host
+                    with autocast(precision, dev.type):  # bf16 matmuls; parameters and grads stay float32
+                        loss = objective.loss(model, to_device(batch, dev))  # float32
+                    tally.add(loss, len(idx), step)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
+                    global_step = (epoch - 1) * steps_per_epoch + step + 1
+                    if progress.due(global_step, steps_per_epoch) or step == len(batches) - 1:
+                        mean, bad_step, bad, last = tally.read()
+                        if bad_step >= 0:
+                            raise FloatingPointError(
+                                f"{desc}: loss is {bad} at epoch {epoch} step {bad_step}")
+                        bar.set_postfix(loss=f"{mean:.4f}")
+                        lr = scheduler.get_last_lr()[0]
+                        progress.step(global_step, {"train_loss_step": last, "learning_rate": lr},
+                                      steps_per_epoch)
             seconds = time.perf_counter() - start
             seen = tally.rows
-            metrics = {"train_loss": mean, "epoch_seconds": seconds,  # the last step's read
+            metrics = {"train_loss": mean, "epoch_seconds": seconds,
                        "train_examples_per_second": seen / seconds,
                        "optimizer_steps": epoch * steps_per_epoch}
             valid = objective.validate(model)
