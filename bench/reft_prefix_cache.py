@@ -1,6 +1,7 @@
 """Benchmark: the ReFT stage with the prefix cache against without it, side by side.
 
     .venv/bin/python bench/reft_prefix_cache.py                 # MiniLM default, 400 rows, 2 epochs, ~10 min
+    .venv/bin/python bench/reft_prefix_cache.py --arms cache,plain --autocast off    # float32 matmuls
     .venv/bin/python bench/reft_prefix_cache.py --preset deployments/stories-boolq.yaml --rows 1000
 
 Each arm runs the same ReFT-only pipeline (data, base, ReFT, evaluation) on its own artifact root,
@@ -68,9 +69,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--arms", default="cache,plain,dropout")
+    ap.add_argument("--autocast", default="", help="model.autocast for every arm (default: the preset's)")
     args = ap.parse_args()
     common = ["mode=reft-only", f"data.max_train={args.rows}", f"data.valid_size={args.valid}",
               f"data.max_eval={args.eval}", f"reft.epochs={args.epochs}"]
+    common += [f"model.autocast={args.autocast}"] if args.autocast else []
     arms = args.arms.split(",")
     print(f"{args.preset}: {args.rows} training rows, {args.valid} validation, {args.eval} held out, "
           f"{args.epochs} ReFT epochs, torch threads {torch.get_num_threads()}", flush=True)
