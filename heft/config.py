@@ -200,6 +200,12 @@ class TrainConfig:
         "help": "'linear' (warm-up over warmup_ratio of all steps, decay to 0) or 'constant' (warm-up "
                 "over warmup_ratio of the first epoch, then flat: longer runs continue shorter ones)"})
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
+    # key=False: the same numbers up to rounding, in fused kernels
+    compile: bool = field(default=False, metadata={
+        "key": False,
+        "help": "torch.compile the transformer blocks for the training steps, batch widths padded up to "
+                "multiples of 64 so shapes repeat (heft/modeling/compiled.py); off until a GPU benchmark "
+                "shows it pays (not in the cache key)"})
 
     @property
     def head_learning_rate(self) -> float:
@@ -258,6 +264,20 @@ class ReftConfig(TrainConfig):
     dropout: float = field(default=0.0, metadata={"help": "dropout on the intervention output"})
     train_head: bool = field(default=True, metadata={
         "help": "seq-cls only: also train the 2-label classification head (LoReFT's GLUE setting)"})
+    # in the key only when set to false: added after keys existed, and true is what they were built with
+    prefix_dropout: bool = field(default=True, metadata={
+        "key": "unless-default",
+        "help": "dropout in the frozen embeddings and blocks up to reft.layer while training, as pyreft "
+                "trains (the model in train mode); false keeps them in eval mode, so an encoder's "
+                "(MiniLM's) prefix is a fixed function and the prefix cache serves its training steps "
+                "(decoders such as Llama have no dropout: no difference there)"})
+    # key=False: the same numbers up to float rounding, computed once instead of every step
+    prefix_cache: bool = field(default=True, metadata={
+        "key": False,
+        "help": "compute the frozen model's output at reft.layer once per stage and run only the blocks "
+                "above it each step (heft/modeling/prefix.py; training rows when epochs >= 2 and the "
+                "prefix has no active dropout, validation rows always; up to $HEFT_PREFIX_CACHE_MB, "
+                "default 2048) (not in the cache key)"})
 
     def __post_init__(self):
         check_types(self, "reft")

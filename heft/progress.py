@@ -99,10 +99,17 @@ class Progress:
         if self.on_epoch:
             self.on_epoch(epoch, metrics)
 
+    def due(self, step: int, steps_per_epoch: int = 0) -> bool:
+        """Whether optimizer step ``step`` reports: every ``every`` steps, or, when a step callback
+        listens, more often in short epochs (at least 5 points per epoch).  Training reads its
+        device-side loss only then (and at the end of each epoch)."""
+        every = self.every
+        if steps_per_epoch and self.on_step:
+            every = min(every, max(1, steps_per_epoch // 5))
+        return step % every == 0
+
     def step(self, step: int, metrics: dict, steps_per_epoch: int = 0) -> None:
-        """Every ``every`` steps, or more often in short epochs (at least 5 points per epoch).
-        Raises ``Stopped`` once the run was interrupted."""
+        """Reports when ``due``; raises ``Stopped`` once the run was interrupted."""
         check_stop()
-        every = min(self.every, max(1, steps_per_epoch // 5)) if steps_per_epoch else self.every
-        if self.on_step and step % every == 0:
+        if self.on_step and self.due(step, steps_per_epoch):
             self.on_step(step, metrics)

@@ -142,15 +142,13 @@ def test_left_padded_batches_are_refused_by_scoring_and_located_by_the_intervent
     """Scoring reads the answer at each row's last position, so a left-padded batch is refused
     there; the intervention takes each prompt's start and length, so left padding (generation)
     puts it on the prompt's own tokens."""
-    from heft.data.batching import Encoded, collate
-    from heft.modeling.models import class_scores
+    from heft.data.batching import Encoded, collate, to_device
     enc = Encoded(input_ids=[[5, 6, 7], [5]], token_type_ids=None, labels=[1, 0])
     batch = collate(enc, [0, 1], pad_id=0)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]  # heft pads on the right
     left = torch.tensor([[1, 1, 1], [0, 0, 1]])
-    with pytest.raises(ValueError, match="not right-padded"):
-        class_scores(None, {"input_ids": batch["input_ids"], "attention_mask": left}, "causal-lm", "cls",
-                     (1, 2))
+    with pytest.raises(ValueError, match="not right-padded"):  # on its way to the model, read on the CPU
+        to_device({"input_ids": batch["input_ids"], "attention_mask": left}, torch.device("cpu"))
     iv = Intervention(LoReFT(8, 2), layer=0, positions="f1+l1")
     iv.set_batch(collate(enc, [0, 1], pad_id=0, left=True))
     assert iv._index.tolist() == [[0, 2], [2, 2]] and iv._valid.tolist() == [[True, True], [True, False]]

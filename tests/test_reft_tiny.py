@@ -28,7 +28,7 @@ def reft_run(tiny_config, tmp_path_factory):
     out = run_pipeline(cfg)
     store = ArtifactStore(cfg.artifact_root)
     tok = load_tokenizer(cfg.model.name, "causal-lm")
-    enc = StageInputs.of(out["reft"], store).encoded("eval", tok)
+    enc = StageInputs.of(out["reft"], store).sequences("eval", tok)
     iv = Intervention.load(store.local_path(out["reft"]))
     return cfg, out, store, tok, enc, iv
 

@@ -59,6 +59,8 @@ def key_effect(section: str, f: dataclasses.Field) -> str:
     stage = STAGE_OF[section]
     if stage == "evaluate":
         return "the evaluate keys"
+    if f.metadata.get("key") == "unless-default":
+        return f"the {stage} key and every key after it, only when not the default (older keys stay valid)"
     return f"the {stage} key, and every key after it"
 
 

@@ -78,7 +78,7 @@ MUTATIONS = [
              "valid = torch.cat([first < lengths, (last >= self.first_n) & (last >= 0)], dim=1)",
              "valid = torch.ones(len(lengths), self.first_n + self.last_n, dtype=torch.bool)",
              ("tests/test_loreft.py",)),
-    Mutation("left padding accepted", "heft/modeling/loreft.py",
+    Mutation("left padding accepted", "heft/data/batching.py",
              "    if attention_mask.shape[1] > 1 and", "    if False and",
              ("tests/test_loreft.py::test_left_padded_batches_are_refused_by_scoring_and_located_by_the_"
               "intervention",)),

@@ -156,11 +156,13 @@ def task_prompt(task: Task, row: dict) -> dict:
     return dict(row, prompt=render(task.template, row)) if task.template else row
 
 
-def collate(enc: Encoded, idx: list[int], pad_id: int, left: bool = False) -> dict:
+def collate(enc: Encoded, idx: list[int], pad_id: int, left: bool = False, multiple: int = 1) -> dict:
     """A padded batch on the CPU: right padding (scoring, training), or left padding for
     generation (the prompts end together where decoding starts).  ``prompt_start`` and
-    ``prompt_len`` locate each row's prompt; they are read on the CPU, never from the device."""
+    ``prompt_len`` locate each row's prompt; they are read on the CPU, never from the device.
+    ``multiple`` pads the width up to a multiple of it (the compiled path: shapes repeat)."""
     width = max(len(enc.input_ids[i]) for i in idx)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     types = torch.zeros((len(idx), width), dtype=torch.long) if enc.token_type_ids else None
@@ -208,4 +210,28 @@ CPU_KEYS = ("index", "prompt_start", "prompt_len", "length")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v if k in CPU_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
+    """The batch's model inputs on ``device``; positions, lengths and row numbers stay on the CPU.
+
+    The right-padding check reads the CPU mask before the copy (on the device it would be a host
+    sync per batch).  On CUDA the copies are from pinned memory and non-blocking: the host queues
+    them and goes on, and the copy engine overlaps them with the previous step's kernels."""
+    check_right_padded(batch["attention_mask"])
+    return {k: v if k in CPU_KEYS else host_to_device(v, device) for k, v in batch.items()}
+
+
+def check_right_padded(attention_mask: torch.Tensor) -> None:
+    """Every row's real tokens come first: the last real token is at length-1.  Scoring reads the
+    answer at that position, so a left-padded batch would score padding (generation pads on the
+    left on purpose and says where each prompt starts).  Called on the CPU mask, before the copy
+    (``to_device``): on the device the check would cost a host sync per batch."""
+    if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError("attention_mask is not right-padded: heft scores and intervenes at "
+                         "positions counted from the start of each row (pad on the right)")
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without making the host wait: pinned, then non-blocking on CUDA
+    (a copy from pageable memory is staged by the driver, and may wait for the device)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

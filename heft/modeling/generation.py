@@ -72,7 +72,7 @@ def _generate_batch(model, tok, enc, idx, pad, dev, max_new_tokens, stop, interv
     mask = batch["attention_mask"].to(dev)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)   # real tokens only: padding does not shift them
     if intervention:
-        intervention.set_batch(batch)                # prompt positions, shifted by each row's padding
+        intervention.set_batch(batch, reuse_prefix=False)  # prompt positions, shifted by each row's padding
     with autocast(precision, dev.type):
         step = model(input_ids=batch["input_ids"].to(dev), attention_mask=mask, position_ids=positions,
                      use_cache=True, logits_to_keep=1)

@@ -26,7 +26,7 @@ up for the intervention and the result cast back to the model's dtype.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -34,16 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heft.config import parse_positions
-
-
-def check_right_padded(attention_mask: torch.Tensor) -> None:
-    """Every row's real tokens come first: the last real token is at length-1.  Scoring reads the
-    answer at that position, so a left-padded batch would score padding (generation pads on the
-    left on purpose and says where each prompt starts).  Call it on the CPU mask: on a device
-    the check would cost a host sync per batch."""
-    if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-        raise ValueError("attention_mask is not right-padded: heft scores and intervenes at "
-                         "positions counted from the start of each row (pad on the right)")
+from heft.data.batching import host_to_device
 
 
 class LowRankRotate(nn.Module):
@@ -116,6 +107,7 @@ class Intervention:
         self._index: torch.Tensor | None = None
         self._valid: torch.Tensor | None = None
         self._handle = None
+        self.prefix = None   # a PrefixCache (heft/modeling/prefix.py) in the ReFT stage, else None
 
     def token_index(self, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, valid), both (B, first_n + last_n): the first n and the last n tokens of
@@ -157,21 +149,28 @@ class Intervention:
             return
         self._handle = layers[self.layer].register_forward_hook(self._hook)
         try:
-            yield self
+            with self.prefix.skipping() if self.prefix else nullcontext():
+                yield self
         finally:
             self._handle.remove()
             self._handle, self._index, self._valid = None, None, None
 
-    def set_batch(self, batch: dict) -> None:
+    def set_batch(self, batch: dict, reuse_prefix: bool = True) -> None:
         """Intervene on this batch's prompts (collate's ``prompt_start`` and ``prompt_len``, CPU
-        tensors: the positions are computed on the host, then copied once)."""
+        tensors: the positions are computed on the host, then copied once).  With a prefix cache,
+        a right-padded batch whose rows are all cached skips the blocks up to this one;
+        generation passes ``reuse_prefix=False`` (its prefill must fill the KV cache of every block)."""
         index, valid = self.token_index(batch["prompt_start"], batch["prompt_len"])
         device = self.loreft.R.device
-        self._index, self._valid = index.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+        self._index, self._valid = host_to_device(index, device), host_to_device(valid, device)
+        if self.prefix:
+            self.prefix.select(batch if reuse_prefix else None)
 
     def clear(self) -> None:
         """Stop intervening (decoding steps after the prompt's prefill)."""
         self._index = self._valid = None
+        if self.prefix:
+            self.prefix.select(None)
 
     def save(self, folder: Path) -> None:
         save_file(self.loreft.pyreft_state(), str(folder / "intervention.safetensors"))

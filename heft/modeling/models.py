@@ -18,7 +18,6 @@ from torch import nn
 
 from heft.config import ConfigError, ModelConfig
 from heft.data.prompts import ANSWER_CUE, ANSWERS
-from heft.modeling.loreft import check_right_padded
 from heft.modeling.names import resolve_name
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -137,34 +136,74 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def model_mask(model: nn.Module, batch: dict) -> torch.Tensor | None:
+    """The attention mask to hand the model: None when no row of the batch is padded (read off the
+    CPU lengths), else a 4D boolean mask built on the device, as transformers builds it for SDPA.
+
+    Given the 2D mask, transformers reads it on the host (``padding_mask.all()``) to decide whether
+    it may drop it and let SDPA run its causal flash kernel: a host sync per forward pass on a GPU.
+    heft knows the answer from the CPU batch, so nothing is read back.  Other attention
+    implementations get the 2D mask."""
+    mask, lengths = batch["attention_mask"], batch.get("length")
+    base = unwrap(model)
+    if lengths is None or getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return mask
+    width = mask.shape[1]
+    if int(lengths.min()) == width:   # CPU tensor: no padding anywhere
+        return None
+    keys = mask.bool()[:, None, None, :]
+    if base.config.model_type in DECODERS or getattr(base.config, "is_decoder", False):
+        return keys & torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()
+    return keys.expand(-1, 1, width, width).contiguous()
+
+
+def answer_index(answer_ids, device: torch.device) -> torch.Tensor:
+    """The answer token ids as a device tensor (build it once per stage and pass it in: a tuple is
+    copied to the device at every call)."""
+    if isinstance(answer_ids, torch.Tensor):
+        return answer_ids.to(device)
+    return torch.tensor(list(answer_ids), device=device)
+
+
 def class_scores(model: nn.Module, batch: dict, family: str, pooling: str, answer_ids=None) -> tuple:
-    """(scores (B, 2), answer logits over the vocabulary (B, V) or None)."""
+    """(scores (B, 2), answer logits over the vocabulary (B, V) or None).  ``batch`` comes from
+    ``to_device`` (right-padded, checked on the CPU); ``answer_ids`` a tuple or a device tensor."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     base = unwrap(model)
-    if mask.device.type == "cpu":  # free there; device batches come from collate, right-padded
-        check_right_padded(mask)
+    attention = model_mask(model, batch)
     if family == "causal-lm":
         # Run the decoder and apply the LM head only at each example's last prompt token:
-        # right padding puts it at length-1, and computing (B, T, V) logits is wasteful.
-        hidden = getattr(base, base.base_model_prefix)(input_ids=ids, attention_mask=mask).last_hidden_state
+        # right padding puts it at length-1, and computing (B, T, V) logits is wasteful.  The
+        # position is computed on the device (indexing with it reads nothing back).
+        decoder = getattr(base, base.base_model_prefix)
+        hidden = decoder(input_ids=ids, attention_mask=attention).last_hidden_state
         last = mask.sum(1) - 1
-        vocab_logits = base.get_output_embeddings()(hidden[torch.arange(ids.shape[0]), last])
-        return vocab_logits[:, list(answer_ids)], vocab_logits
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        vocab_logits = base.get_output_embeddings()(hidden[rows, last])
+        return vocab_logits.index_select(1, answer_index(answer_ids, ids.device)), vocab_logits
     if pooling == "mean":
         encoder = getattr(base, base.base_model_prefix)
-        hidden = encoder(input_ids=ids, attention_mask=mask,
+        hidden = encoder(input_ids=ids, attention_mask=attention,
                          token_type_ids=batch.get("token_type_ids")).last_hidden_state
         pooled = MeanPoolHead()(hidden, mask)
         return base.classifier(base.dropout(pooled) if hasattr(base, "dropout") else pooled), None
-    out = model(input_ids=ids, attention_mask=mask, token_type_ids=batch.get("token_type_ids"))
+    out = model(input_ids=ids, attention_mask=attention, token_type_ids=batch.get("token_type_ids"))
     return out.logits, None
 
 
 def label_loss(family: str, pooling: str, answer_ids=None):
-    """A label task's loss of a (device) batch: the answer token's or the head's cross-entropy."""
+    """A label task's loss of a (device) batch: the answer token's or the head's cross-entropy.
+    The answer ids go to the device once, at the first batch."""
+    on_device: dict[torch.device, torch.Tensor] = {}
+
     def loss(model, batch: dict) -> torch.Tensor:
-        scores, vocab_logits = class_scores(model, batch, family, pooling, answer_ids)
-        return loss_fn(scores, vocab_logits, batch["labels"], answer_ids)
+        ids, dev = answer_ids, batch["input_ids"].device
+        if answer_ids is not None:
+            if dev not in on_device:
+                on_device[dev] = answer_index(answer_ids, dev)
+            ids = on_device[dev]
+        scores, vocab_logits = class_scores(model, batch, family, pooling, ids)
+        return loss_fn(scores, vocab_logits, batch["labels"], ids)
     return loss
 
 
@@ -172,6 +211,6 @@ def loss_fn(scores: torch.Tensor, vocab_logits, labels: torch.Tensor, answer_ids
     """Cross-entropy of the gold answer: over the vocabulary for causal LMs (the LM loss of the
     answer token), over the two labels for a classification head."""
     if vocab_logits is not None:
-        targets = torch.tensor(answer_ids, device=labels.device)[labels.long()]
+        targets = answer_index(answer_ids, labels.device)[labels.long()]
         return nn.functional.cross_entropy(vocab_logits.float(), targets)
     return nn.functional.cross_entropy(scores.float(), labels.long())

@@ -8,8 +8,13 @@ never rounded to a bf16 ulp.  The loss is computed in float32 (heft/modeling/mod
 
 Training under autocast gives other weights than float32 training, so the choice is part of
 every key below the base model: ``resolved`` turns ``auto`` into what this machine does, and
-the plan keys on that (heft/plan.py).  On a CUDA device the weights' dtype (``model.dtype``)
-is the precision and CPU autocast does nothing.
+the plan keys on that (heft/plan.py).  On a CUDA device the same choice runs the same autocast
+(``torch.autocast("cuda", bfloat16)``, since issue 38; before, CUDA ran the weights' dtype only):
+with bf16 weights (the GPU presets' ``model.dtype``) it makes peft's float32 LoRA adapters
+compute in bf16 from their float32 master weights, as the frozen weights do, and
+``adapters_follow_autocast`` stops peft from casting every adapted projection's bf16 input up to
+float32 first (autocast would cast it straight back).  ``model.autocast=off`` keeps the float32
+adapter path.
 
 Whether the CPU has bf16 matmul is what torch's oneDNN build reports
 (``torch.ops.mkldnn._is_mkldnn_bf16_supported``).  Measured on two 2-core AMD EPYC machines:
@@ -26,7 +31,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from heft.store.hashing import cache_dir
@@ -76,8 +81,32 @@ def resolved(choice: str) -> str:
 
 
 def autocast(choice: str, device_type: str = "cpu"):
-    """The context a forward pass runs in: CPU bf16 autocast, or nothing."""
-    if choice == "bfloat16" and device_type == "cpu":
+    """The context a forward pass runs in: bf16 autocast on the CPU or CUDA, or nothing."""
+    if choice == "bfloat16" and device_type in ("cpu", "cuda"):
         import torch
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def adapters_follow_autocast(model, choice: str):
+    """Under bf16 autocast on a model whose frozen weights are not float32, peft's adapter layers
+    take their input as it comes (bf16) instead of casting it to the adapter's float32 first: the
+    adapter's matmuls run in bf16 either way (autocast casts the float32 master weights per op),
+    so the cast is one wasted kernel per adapted projection.  A float32 model (the CPU default)
+    is left as it was, to the bit."""
+    layers = []
+    if choice == "bfloat16" and next(model.parameters()).dtype != _float32():
+        layers = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False)]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.cast_input_dtype_enabled = True
+
+
+def _float32():
+    import torch
+    return torch.float32

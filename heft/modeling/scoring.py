@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from heft.data.batching import Encoded, collate, eval_batches, to_device
 from heft.modeling import models
 from heft.modeling.loreft import Intervention
-from heft.modeling.precision import autocast
+from heft.modeling.precision import adapters_follow_autocast, autocast
 from heft.modeling.sequences import continuation_logprobs
 from heft.progress import check_stop
 
@@ -28,22 +28,29 @@ def predict(model, enc: Encoded, batch_size: int, *, family: str, pooling: str, 
             pad_id: int, intervention: Intervention | None = None, desc: str = "eval",
             return_scores: bool = False, precision: str = "off"):
     """Predicted labels (N,) in the order of ``enc`` (and the (N, 2) scores if asked);
-    ``precision`` 'bfloat16' runs the forward passes under CPU bf16 autocast."""
+    ``precision`` 'bfloat16' runs the forward passes under bf16 autocast (CPU or CUDA).  The scores
+    stay on the device until the last batch: one host read per pass, not one per batch."""
     was_training = model.training
     model.eval()
-    scores_out = torch.zeros(len(enc), 2)
     layers = models.transformer_layers(model) if intervention else None
     dev = next(model.parameters()).device
-    with intervention.attached(layers) if intervention else nullcontext():
+    answers = models.answer_index(answer_ids, dev) if answer_ids is not None else None
+    rows, scores = [], []
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
             check_stop()  # an interrupted grid stops its scoring threads between batches
             batch = collate(enc, idx, pad_id)
             if intervention:
                 intervention.set_batch(batch)
             with autocast(precision, dev.type):
-                scores, _ = models.class_scores(model, to_device(batch, dev), family, pooling, answer_ids)
-            scores_out[batch["index"]] = scores.float().cpu()
+                batch_scores, _ = models.class_scores(model, to_device(batch, dev), family, pooling, answers)
+            rows.append(batch["index"])
+            scores.append(batch_scores.float())
     model.train(was_training)
+    scores_out = torch.zeros(len(enc), 2)
+    if rows:
+        scores_out[torch.cat(rows)] = torch.cat(scores).cpu()
     preds = scores_out.argmax(1)
     return (preds, scores_out) if return_scores else preds
 
@@ -57,10 +64,11 @@ def score_choices(model, enc: Encoded, rows: int, batch_size: int, *, pad_id: in
     the prompt positions; lm-evaluation-harness's per-choice log-likelihood."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(enc))
     layers = models.transformer_layers(model) if intervention else None
     dev = next(model.parameters()).device
-    with intervention.attached(layers) if intervention else nullcontext():
+    order, totals = [], []
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for idx in tqdm(eval_batches(enc, batch_size), desc=desc, unit="batch", leave=False, disable=None):
             check_stop()
             batch = collate(enc, idx, pad_id)
@@ -68,8 +76,12 @@ def score_choices(model, enc: Encoded, rows: int, batch_size: int, *, pad_id: in
                 intervention.set_batch(batch)
             with autocast(precision, dev.type):
                 total, _ = continuation_logprobs(model, to_device(batch, dev))
-            sums[batch["index"]] = total.float().cpu()
+            order.append(batch["index"])
+            totals.append(total.float())
     model.train(was_training)
+    sums = torch.zeros(len(enc))
+    if order:
+        sums[torch.cat(order)] = torch.cat(totals).cpu()   # one host read per pass
     out: list[list[float]] = [[] for _ in range(rows)]
     for i, owner in enumerate(enc.owners):
         out[owner].append(float(sums[i]))

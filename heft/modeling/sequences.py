@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import torch
 
-from heft.modeling.models import unwrap
+from heft.data.batching import host_to_device
+from heft.modeling.models import model_mask, unwrap
 
 
 def continuation_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log-probabilities (B,), tokens (B,)) of each sequence's continuation, float32.
     ``batch`` comes from collate: right-padded, ``prompt_len`` and ``length`` on the CPU."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids = batch["input_ids"]
     base = unwrap(model)
-    hidden = getattr(base, base.base_model_prefix)(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = getattr(base, base.base_model_prefix)(input_ids=ids,
+                                                   attention_mask=model_mask(model, batch)).last_hidden_state
     plen, length = batch["prompt_len"], batch["length"]
     width = max(1, int((length - plen).max()))            # the longest continuation (a CPU read)
     steps = torch.arange(width)
     read = (plen[:, None] - 1 + steps).clamp(max=ids.shape[1] - 2)   # positions that predict
     valid = steps[None, :] < (length - plen)[:, None]
-    read, valid = read.to(ids.device), valid.to(ids.device)
+    read, valid = host_to_device(read, ids.device), host_to_device(valid, ids.device)
     states = hidden.gather(1, read[..., None].expand(-1, -1, hidden.shape[-1]))
     logits = base.get_output_embeddings()(states).float()
     targets = ids.gather(1, read + 1)

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from heft.config import TrainConfig
 from heft.data.batching import Encoded, collate, to_device, train_batches
 from heft.modeling import models
+from heft.modeling.compiled import BUCKET, compiled_blocks
 from heft.modeling.loreft import Intervention
-from heft.modeling.precision import autocast
-from heft.progress import Progress
+from heft.modeling.precision import adapters_follow_autocast, autocast
+from heft.progress import Progress, check_stop
 from heft.store.checkpoints import EpochCheckpoints
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,51 @@ class Objective:
     precision: str = "off"
 
 
+class LossTally:
+    """An epoch's running loss and its finiteness check, kept on the device.
+
+    ``add`` queues a few scalar kernels and reads nothing back: on a GPU a read (``loss.item()``,
+    ``if torch.isfinite(loss)``) waits for every queued kernel, so a read per step leaves the GPU
+    idle while Python prepares the next one.  ``read`` brings everything to the host in one copy;
+    the loop calls it every few steps (when progress is due) and at the end of each epoch.  The
+    sum is float64 on the device, as the host used to sum ``loss.item() * rows``: the same numbers,
+    added in the same order.  The first non-finite loss is remembered with its step, so the stop
+    names the exact step although it is noticed a few steps later."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float64, device=device)
+        self.last = self.total
+        self.rows = 0
+
+    def add(self, loss: torch.Tensor, rows: int, step: int) -> None:
+        loss = loss.detach().double()
+        self.total += loss * rows
+        fresh = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(fresh, step, self.first_bad)
+        self.bad_value = torch.where(fresh, loss, self.bad_value)
+        self.last, self.rows = loss, self.rows + rows
+
+    def read(self) -> tuple[float, int, float, float]:
+        """(mean loss so far, the step of the first non-finite loss or -1, its value, the last
+        step's loss): the one host read."""
+        total, first_bad, bad, last = torch.stack([self.total, self.first_bad.double(), self.bad_value,
+                                                   self.last]).tolist()
+        return total / max(1, self.rows), int(first_bad), bad, last
+
+
+def compilable(model, intervention: Intervention | None) -> list:
+    """The blocks the compiled path compiles: all but the intervention's own (its hook reads
+    per-batch positions) and, with a prefix cache, the blocks below it (their ``forward`` is
+    replaced by the cache)."""
+    if intervention is None:
+        return list(models.transformer_layers(model))
+    layers = models.transformer_layers(model)
+    return [b for i, b in enumerate(layers)
+            if i > intervention.layer or (i < intervention.layer and intervention.prefix is None)]
+
+
 def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, desc: str,
           intervention: Intervention | None = None, progress: Progress | None = None,
           checkpoints: EpochCheckpoints | None = None,
@@ -68,16 +114,24 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
     With ``checkpoints``, the live tensors in ``state`` (trainable parameters and their
     buffers) plus optimizer, scheduler and RNG are saved after every epoch, and training
     starts after the latest checkpoint of the same trajectory (the history of the restored
-    epochs is returned, and replayed to ``progress``, as if they had just run)."""
+    epochs is returned, and replayed to ``progress``, as if they had just run).
+
+    Host reads: none per step.  The loss stays on the device (``LossTally``) and is read when
+    ``progress`` is due (every ``progress.every`` optimizer steps, more often in short epochs) and
+    at the end of each epoch; a non-finite loss stops the stage there, naming its epoch and step,
+    before the epoch's checkpoint is written."""
     progress = progress or Progress()
     torch.manual_seed(cfg.seed)
+    params = [p for g in groups for p in g["params"]]
     # weight_decay=0: the LoReFT rotation must not be decayed (see heft/modeling/loreft.py), and
-    # LoRA adapters are tiny and start at B=0, where decay only fights the update.
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)  # groups may set their own lr
+    # LoRA adapters are tiny and start at B=0, where decay only fights the update.  On CUDA the
+    # fused kernel updates every tensor in one launch (the default launches a few per tensor).
+    fused = True if params and all(p.is_cuda for p in params) else None
+    # groups may set their own lr
+    optimizer = torch.optim.AdamW(groups, fused=fused, lr=cfg.lr, weight_decay=0.0)
     train_enc, precision = objective.train, objective.precision
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
-    params = [p for g in groups for p in g["params"]]
     layers = models.transformer_layers(model) if intervention else None
     history, resumed = [], 0
     if checkpoints:
@@ -87,36 +141,44 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device
-    with intervention.attached(layers) if intervention else nullcontext():
+    with intervention.attached(layers) if intervention else nullcontext(), \
+            adapters_follow_autocast(model, precision):
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
-            start, total_loss, seen = time.perf_counter(), 0.0, 0
+            start, tally = time.perf_counter(), LossTally(dev)
+            batches = train_batches(train_enc, cfg.batch_size, cfg.seed, epoch)
             # disable=None: a bar on a terminal, none in log files and CI (one line per epoch below)
-            bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
-                       desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None)
-            for step, idx in enumerate(bar):
-                batch = collate(train_enc, idx, objective.pad_id)
-                if intervention:
-                    intervention.set_batch(batch)  # on the prompt positions, read on the host
-                with autocast(precision, dev.type):  # bf16 matmuls; parameters and grads stay float32
-                    loss = objective.loss(model, to_device(batch, dev))  # float32
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch} step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                step_loss = loss.item()
-                total_loss += step_loss * len(idx)
-                seen += len(idx)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-                # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
-                progress.step((epoch - 1) * steps_per_epoch + step + 1,
-                              {"train_loss_step": step_loss, "learning_rate": scheduler.get_last_lr()[0]},
-                              steps_per_epoch)
+            bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=None)
+            mean, multiple = math.nan, BUCKET if cfg.compile else 1
+            with compiled_blocks(compilable(model, intervention), cfg.compile):  # the steps, not validation
+                for step, idx in enumerate(bar):
+                    check_stop()  # an interrupt stops the stage at the next step (a flag: no host read)
+                    batch = collate(train_enc, idx, objective.pad_id, multiple=multiple)
+                    if intervention:
+                        intervention.set_batch(batch)  # on the prompt positions, read on the host
+                    with autocast(precision, dev.type):  # bf16 matmuls; parameters and grads stay float32
+                        loss = objective.loss(model, to_device(batch, dev))  # float32
+                    tally.add(loss, len(idx), step)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
+                    global_step = (epoch - 1) * steps_per_epoch + step + 1
+                    if progress.due(global_step, steps_per_epoch) or step == len(batches) - 1:
+                        mean, bad_step, bad, last = tally.read()
+                        if bad_step >= 0:
+                            raise FloatingPointError(
+                                f"{desc}: loss is {bad} at epoch {epoch} step {bad_step}")
+                        bar.set_postfix(loss=f"{mean:.4f}")
+                        lr = scheduler.get_last_lr()[0]
+                        progress.step(global_step, {"train_loss_step": last, "learning_rate": lr},
+                                      steps_per_epoch)
             seconds = time.perf_counter() - start
-            metrics = {"train_loss": total_loss / seen, "epoch_seconds": seconds,
+            seen = tally.rows
+            metrics = {"train_loss": mean, "epoch_seconds": seconds,
                        "train_examples_per_second": seen / seconds,
                        "optimizer_steps": epoch * steps_per_epoch}
             valid = objective.validate(model)

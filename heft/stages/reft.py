@@ -8,19 +8,25 @@ backward pass only runs through the blocks above ``layer``.
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import torch
 from safetensors.torch import save_file
 
 from heft.config import ConfigError, ReftConfig
 from heft.modeling import models
+from heft.data.batching import encode_sequences
 from heft.modeling.loreft import Intervention, LoReFT
+from heft.modeling.prefix import PrefixCache, kept_in_eval, prefix_modules
 from heft.modeling.scoring import predict, score_choices
 from heft.modeling.training import train
 from heft.stages import Context
 from heft.stages.inputs import StageInputs, artifact_ref
 from heft.store.artifacts import Artifact, Built
 from heft.store.checkpoints import EpochCheckpoints
+
+log = logging.getLogger(__name__)
 
 
 def check_reft_config(cfg: ReftConfig, depth: int, hidden_size: int) -> None:
@@ -50,6 +56,32 @@ def scores(inputs: StageInputs, model, tok, enc, intervention) -> torch.Tensor:
     return torch.tensor([s[0] for s in sums])
 
 
+def prefix_cache(cfg: ReftConfig, inputs: StageInputs, model, tok, objective, valid, layer: int):
+    """The frozen prefix's output for the rows read more than once (heft/modeling/prefix.py): the
+    validation sequences (each epoch's validation and the effect pass below), and the training
+    rows when there are 2 or more epochs and the prefix has no active dropout in training.  None
+    for an architecture without the plumbing."""
+    cache = PrefixCache.for_model(model, layer)
+    if cache is None:
+        return None
+    start = time.perf_counter()
+    task = inputs.task
+    if task.kind == "choice":  # validation scores every choice, the effect pass the gold one
+        rows = inputs.rows("valid")
+        cache.fill(encode_sequences(rows, tok, task, inputs.model_cfg.max_length, all_choices=True),
+                   tok.pad_token_id, inputs.precision)
+    elif task.kind == "label":  # generation (validation of a generate task) runs every block
+        cache.fill(valid, tok.pad_token_id, inputs.precision)
+    if cfg.epochs >= 2 and (cfg.prefix_dropout is False or not cache.random):
+        cache.fill(objective.train, tok.pad_token_id, inputs.precision)
+    elif cfg.epochs >= 2:
+        log.info("reft: the prefix has dropout in training (reft.prefix_dropout=true): training steps run "
+                 "every block; reft.prefix_dropout=false would let them skip blocks 0..%d", layer)
+    log.info("reft: prefix cache of %d sequences, %.0f MB, in %.1f s", len(cache.spans), cache.megabytes,
+             time.perf_counter() - start)
+    return cache
+
+
 def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
     if parent.stage not in ("merge", "base") or parent.meta["lineage"].get("intervention"):
         raise ValueError(f"reft trains on a merged or base model without an intervention, "
@@ -74,17 +106,28 @@ def train_reft(cfg: ReftConfig, parent: Artifact, ctx: Context) -> Built:
     # base), plus the head; all live tensors, so restoring copies into them
     state = {f"loreft.{n}": t for n, t in loreft.state_dict(keep_vars=True).items()}
     state.update({f"head.{n}": p for n, p in head.items()})
-    history, resumed = train(model, groups, inputs.objective(model, tok, intervention), cfg, desc="reft",
-                             intervention=intervention, progress=ctx.progress,
-                             checkpoints=EpochCheckpoints(ctx.store, "reft", cfg, parent.key), state=state)
+    objective = inputs.objective(model, tok, intervention)
+    valid = inputs.sequences("valid", tok)
+    if cfg.prefix_cache:
+        intervention.prefix = prefix_cache(cfg, inputs, model, tok, objective, valid, intervention.layer)
+    # reft.prefix_dropout=false: the frozen embeddings and blocks up to the layer stay in eval mode
+    with kept_in_eval([] if cfg.prefix_dropout else prefix_modules(model, intervention.layer)):
+        history, resumed = train(model, groups, objective, cfg, desc="reft", intervention=intervention,
+                                 progress=ctx.progress, state=state,
+                                 checkpoints=EpochCheckpoints(ctx.store, "reft", cfg, parent.key))
     loreft.eval()
     metrics = {"trainable_params": sum(p.numel() for g in groups for p in g["params"]),
                "resumed_from_epoch": resumed,
                "rotation_orthonormality_error": loreft.orthonormality_error()}
-    valid = inputs.sequences("valid", tok)
     if len(valid):  # how much the trained intervention moves the scores (0 = a dead intervention)
         with_iv, without = (scores(inputs, model, tok, valid, iv) for iv in (intervention, None))
         metrics["intervention_mean_abs_score_change"] = float((with_iv - without).abs().mean())
+    if intervention.prefix:
+        metrics["prefix_cache_mb"] = intervention.prefix.megabytes
+        metrics["prefix_cache_batches"] = intervention.prefix.hits   # batches that skipped the prefix
+        log.info("reft: prefix cache %.0f MB, %d batches served from it, %d computed in full",
+                 intervention.prefix.megabytes, intervention.prefix.hits, intervention.prefix.misses)
+        intervention.prefix = None   # free it before the files are written
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items()})
     intervention.save(ctx.out)

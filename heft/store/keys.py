@@ -7,10 +7,13 @@ truncated to 20 hex digits.
 
 ``key_fields`` reads the config's *declared fields*, not its ``repr``: a field is in the key
 unless its metadata says ``key=False`` (e.g. ``lora.gradient_checkpointing``: it changes
-memory and time, not the result).  Renaming a class or reordering fields therefore leaves
-every key alone, and ``meta.json`` records the exact dict that was hashed, so a key can be
-recomputed from the artifact alone.  Canonical JSON has sorted keys, no whitespace and no
-fallback encoder: a value JSON cannot represent is an error, never a silent ``str()``.
+memory and time, not the result).  ``key="unless-default"`` puts a field in the key only when
+it is set away from its default: a field added after artifacts were built, whose default is what
+they were built with, so their keys stay valid (``reft.prefix_dropout``).  Renaming a class or
+reordering fields therefore leaves every key alone, and ``meta.json`` records the exact dict
+that was hashed, so a key can be recomputed from the artifact alone.  Canonical JSON has sorted
+keys, no whitespace and no fallback encoder: a value JSON cannot represent is an error, never a
+silent ``str()``.
 
 The same ``key_fields`` decides whether two grid cells compute the same thing
 (heft.grids.spec.cell_identity).  Bump FORMAT_VERSION whenever the on-disk layout or the
@@ -35,6 +38,8 @@ def key_fields(cfg: Any) -> dict[str, Any]:
     for f in dataclasses.fields(cfg):
         if not f.metadata.get("key", True):
             continue
+        if f.metadata.get("key") == "unless-default" and getattr(cfg, f.name) == f.default:
+            continue  # a field added later: at its default the key stays what it was before it existed
         out[f.name] = _plain(getattr(cfg, f.name))
     return out
 
