@@ -72,13 +72,16 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device
+    progress.start(resumed * steps_per_epoch)
     with intervention.attached(layers) if intervention else nullcontext():
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
             start, total_loss, seen = time.perf_counter(), 0.0, 0
-            # disable=None: a bar on a terminal, none in log files and CI (one line per epoch below)
+            # disable=None: a bar on a terminal; in log files and CI none, and the progress's
+            # step lines instead (every N steps and at least once a minute, heft/progress.py)
             bar = tqdm(train_batches(train_enc, cfg.batch_size, cfg.seed, epoch),
-                       desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None)
+                       desc=f"{progress.label or desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=None)
             for step, idx in enumerate(bar):
                 batch = to_device(collate(train_enc, idx, pad_id), dev)
                 if intervention:
@@ -99,8 +102,8 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
                 # the step axis counts optimizer steps from the stage's start (resumed runs continue it)
                 progress.step((epoch - 1) * steps_per_epoch + step + 1,
-                              {"train_loss_step": step_loss, "learning_rate": scheduler.get_last_lr()[0]},
-                              steps_per_epoch)
+                              {"train_loss_step": step_loss, "learning_rate": scheduler.get_last_lr()[0],
+                               "train_loss_epoch": total_loss / seen}, steps_per_epoch, cfg.epochs)
             seconds = time.perf_counter() - start
             metrics = {"train_loss": total_loss / seen, "epoch_seconds": seconds,
                        "train_examples_per_second": seen / seconds,
@@ -109,7 +112,9 @@ def train(model, groups: list[dict], train_enc: Encoded, valid_enc: Encoded, cfg
                 preds = predict(model, valid_enc, 64, family=family, pooling=pooling,
                                 answer_ids=answer_ids, pad_id=pad_id, intervention=intervention,
                                 desc=f"{desc} valid", precision=precision)
-                metrics["valid_accuracy"] = (preds == torch.tensor(valid_enc.labels)).float().mean().item()
+                # a count over the rows, not a float32 mean: 247/400 is 0.6175, not 0.6175000071525574
+                right = int((preds == torch.tensor(valid_enc.labels)).sum())
+                metrics["valid_accuracy"] = right / len(valid_enc)
             history.append(metrics)
             valid = metrics.get("valid_accuracy")
             log.info("%s epoch %d/%d: train loss %.4f%s (%.0f s)", desc, epoch, cfg.epochs,
