@@ -25,7 +25,10 @@ from heft.config import ConfigError, flat_params
 from heft.grids.plan import GridPlan, plan_cells
 from heft.grids.report import CellResult, champion, write_report
 from heft.grids.spec import Cell, GridSpec, expand, load_grid
+from heft.inference.mlflow_model import task_name, version_description
+from heft.modes import MODES
 from heft.plan import Plan
+from heft.progress import say
 from heft.run.execute import execute
 from heft.run.result import RunResult, row
 from heft.store.artifacts import ArtifactStore
@@ -66,20 +69,31 @@ def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: Gri
 def register_best(name: str, cells: list[Cell], results: list[CellResult], runs: list[RunResult],
                   tracking_uri: str, grid_name: str) -> dict:
     """Register the cell with the best validation accuracy.  Never the best held-out accuracy:
-    choosing on the held-out rows would make the reported held-out number optimistic."""
-    best = champion([r.valid_accuracy for r in results])  # ties: the first cell
+    choosing on the held-out rows would make the reported held-out number optimistic.  The
+    version points at the cell's run; it becomes champion only when it beats the champion on
+    the same data, else challenger, and the line printed says which and why."""
+    best = champion([r.valid_accuracy for r in results])  # ties: the first cell (the report says so)
     if best is None:
         raise ConfigError(f"--register {name}: no cell of grid {grid_name!r} trained a model with a "
                           "validation accuracy (data.valid_size=0, or untrained cells only)")
     cell, result, run = cells[best], results[best], runs[best]
-    tags = {"heft.grid": grid_name, "heft.cell": cell.label, "heft.seed": cell.seed,
-            "heft.model.key": run.model["key"], "valid_accuracy": result.valid_accuracy,
-            "heldout_accuracy": result.accuracy, "config": json.dumps(flat_params(cell.config), default=str)}
-    source_run = run.model["uri"].removeprefix("runs:/").split("/")[0]
-    version = register_task(name, source_run, tracking_uri, tags)
-    print(f"registered {name} version {version} (alias champion): {cell.run_name}, validation accuracy "
-          f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%}")
-    return {"version": version, "cell": cell.run_name}
+    m = run.metrics
+    method = MODES[cell.method].title
+    tags = {"heft.grid": grid_name, "heft.cell": cell.title, "heft.seed": cell.seed,
+            "heft.model.key": run.model["key"], "heft.data.key": run.data_key,
+            "heft.model": cell.config.model.name, "heft.task": task_name(cell.config), "heft.method": method,
+            "valid_accuracy": f"{result.valid_accuracy:.2%}", "heldout_accuracy": f"{result.accuracy:.2%}",
+            "heldout_ci95": f"{m['ci95_low']:.2%}-{m['ci95_high']:.2%}",
+            "heldout_majority_rate": f"{m['majority_rate']:.2%}",
+            "heft.answers": f"always {result.constant}" if result.constant else "varied",
+            "config": json.dumps(flat_params(cell.config), default=str)}
+    description = version_description(cell.config, cell.title, method, result.valid_accuracy,
+                                      result.valid_rows, m, result.constant)
+    out = register_task(name, run.model["uri"], run.mlflow_run_id, tracking_uri, tags, description,
+                        result.valid_accuracy, run.data_key)
+    say(f"registered {name} version {out['version']} as {out['alias']}: {cell.run_name}, validation "
+        f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%} ({out['why']})")
+    return {"version": out["version"], "cell": cell.run_name, "alias": out["alias"], "why": out["why"]}
 
 
 def cancel_children(flow, flow_run, state) -> None:
@@ -148,7 +162,7 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
         grid_run.log_files(list(report["files"].values()), artifact_path="report")
         if register:
             registered = register_best(register, cells, results, runs, first.tracking_uri, spec.name)
-            what = f"{register} v{registered['version']}: {registered['cell']}"
+            what = f"{register} v{registered['version']} ({registered['alias']}): {registered['cell']}"
             grid_run.set_tags({"heft.registered": what})
     key = re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower())
     create_markdown_artifact(key=key, description=f"heft grid {spec.name}", markdown=note)

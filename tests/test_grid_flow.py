@@ -113,7 +113,8 @@ def test_orderings_with_seeds_share_stages_and_report_spread(harness, base):
     scored = [c for c in out["cells"] if c["valid_accuracy"] is not None]
     best = max(scored, key=lambda c: c["valid_accuracy"])
     assert champion.tags["heft.cell"] == best["label"] and int(champion.tags["heft.seed"]) == best["seed"]
-    assert float(champion.tags["valid_accuracy"]) == max(c["valid_accuracy"] for c in scored)
+    assert champion.tags["valid_accuracy"] == f"{max(c['valid_accuracy'] for c in scored):.2%}"  # readable
+    assert champion.tags["heft.alias_given"] == "champion" and champion.run_id == best["run_id"]  # the cell
     assert "base" not in {champion.tags["heft.cell"]}  # an untrained cell has no validation accuracy
     assert ran(cells[("HEFT", 0)]) == ["reft", "evaluate"]            # LoRA/merge from "LoRA only"
     assert ran(cells[("ReFT->LoRA", 0)]) == ["lora", "evaluate"]      # ReFT from "ReFT only"
@@ -139,5 +140,6 @@ def test_paper_preset_report_has_its_four_rows(harness, base):
     assert states(lora_only)[1] == ("lora", "Cached")  # HEFT 20+20's LoRA stage
     table = open(f"{out['report_dir']}/report.md").read().splitlines()
     body = [line for line in table if line.startswith("| ") and not line.startswith("| cell")]
-    assert [line.split(" | ")[0][2:] for line in body] == ["HEFT 3+3", "HEFT 20+20", "LoRA-only 20",
-                                                           "ReFT-only 20"]
+    assert [line.split(" | ")[0][2:] for line in body] == [  # the scaled epochs said beside the label
+        "HEFT 3+3 (x0.15 = 1+1)", "HEFT 20+20 (x0.15 = 3+3)", "LoRA-only 20 (x0.15 = 3)",
+        "ReFT-only 20 (x0.15 = 3)"]

@@ -48,6 +48,7 @@ GRID = {
     "best_valid_accuracy": "validation accuracy of the best cell (chosen by it)",
     "best_heldout_accuracy": "held-out accuracy of that cell",
     "best_heldout_minus_majority": "its held-out accuracy minus the held-out majority rate",
+    "best_valid_margin": "its validation accuracy minus the runner-up's (0: a tie)",
     "cells": "cells in the grid", "steps_built": "steps that ran", "steps_reused": "steps found built",
     "wall_seconds": "wall time of the grid",
 }
