@@ -79,7 +79,11 @@ def test_ablation_report_heatmap_and_mlflow_nesting(ablation, base):
     assert len(cells) == 9 and {r.data.tags["heft.grid"] for r in cells} == {"ablation"}
     assert all("heldout_accuracy" in r.data.metrics and "reft.rank" in r.data.params for r in cells)
     stages = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['cells'][0]['run_id']}'")
-    assert {r.info.run_name for r in stages} >= {"lora", "merge", "reft", "evaluate:heft"}
+    assert {r.info.run_name.split(" · ")[0] for r in stages} >= {"lora", "merge", "reft", "evaluate:heft"}
+    # named by what tells them apart in this grid: 'reft · layer=1 · rank=2 · seed=0'
+    names = {r.info.run_name for r in stages}
+    assert "lora · seed=0" in names and f"evaluate:heft · {first['cells'][0]['title']} seed=0" in names, names
+    assert any(n.startswith("reft · layer=") and " · rank=" in n for n in names), names
 
 
 def test_lora_rank_change_reruns_everything_below_data(harness, base):

@@ -115,8 +115,8 @@ def markdown(spec: GridSpec, rows: list[dict]) -> str:
                   f"held-out {best['mean']:.2%} (95% CI {best['ci95_low']:.2%}-{best['ci95_high']:.2%}), "
                   f"{100 * (best['mean'] - majority):+.2f} points against the held-out majority rate "
                   f"{majority:.2%}.", ""]
-    if verdict.lines():
-        lines += [*verdict.lines(), ""]
+    for line in verdict.lines():  # each its own paragraph
+        lines += [line, ""]
     lines += [f"Held-out accuracy, mean ± std over seeds {seeds} (std: sample, n-1), 95% Wilson interval "
               f"pooled over the seeds' predictions. Validation accuracy chooses the best cell (marked ★); "
               f"the held-out rows never do."

@@ -112,10 +112,11 @@ class Cell:
     def run_name(self) -> str:
         return f"{self.title} seed={self.seed}"
 
-    def mlflow_tags(self, grid_name: str) -> dict[str, str]:
-        """The tags of the cell's MLflow run, wherever it runs (a thread, a work pool)."""
+    def mlflow_tags(self, grid_name: str, grid_run: str = "") -> dict[str, str]:
+        """The tags of the cell's MLflow run, wherever it runs (a thread, a work pool);
+        ``grid_run``: the grid's MLflow run (its saved view shows the runs tagged with it)."""
         return {"heft.grid": grid_name, "heft.cell": self.label, "heft.method": self.method,
-                "heft.seed": str(self.seed)}
+                "heft.seed": str(self.seed), **({"heft.grid_run": grid_run} if grid_run else {})}
 
 
 def load_grid(path: str, overrides: list[str] = ()) -> GridSpec:
