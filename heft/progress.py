@@ -139,6 +139,7 @@ class Progress:
     line_seconds: float = field(default_factory=lambda: _env_number("HEFT_PROGRESS_SECONDS", 60))
     clock: Callable[[], float] = time.monotonic
     on_line: Callable[[float], None] | None = None  # told the stage's fraction done at each step line
+    fraction: float = 0.0  # of the stage's optimizer steps done (known once training has started)
     # the (step, time) of the last step line
     _last: tuple[int, float] | None = field(default=None, init=False, repr=False)
 
@@ -150,6 +151,8 @@ class Progress:
         """Every ``every`` steps, or more often in short epochs (at least 5 points per epoch);
         a step line when one is due.  Raises ``Stopped`` once the run was interrupted."""
         check_stop()
+        if epochs and steps_per_epoch:
+            self.fraction = step / (epochs * steps_per_epoch)
         every = min(self.every, max(1, steps_per_epoch // 5)) if steps_per_epoch else self.every
         if self.on_step and step % every == 0:
             self.on_step(step, metrics)

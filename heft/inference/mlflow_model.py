@@ -165,6 +165,7 @@ def register(name: str, model_uri: str, run_id: str, tracking_uri: str, tags: di
     from mlflow import MlflowClient
 
     from heft.grids.verdict import challenge
+    mlflow.set_tracking_uri(tracking_uri)  # the registry's store looks a models:/ source up there
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
