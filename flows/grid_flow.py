@@ -90,7 +90,7 @@ def register_best(name: str, cells: list[Cell], results: list[CellResult], runs:
             "heldout_ci95": f"{m['ci95_low']:.2%}-{m['ci95_high']:.2%}",
             "heldout_majority_rate": f"{m['majority_rate']:.2%}",
             "heft.answers": f"always {result.constant}" if result.constant else "varied",
-            "config": json.dumps(flat_params(cell.config), default=str)}
+            "heft.run_config": json.dumps(flat_params(cell.config), default=str)}
     description = version_description(cell.config, cell.title, method, result.valid_accuracy,
                                       result.valid_rows, m, result.constant)
     out = register_task(name, run.model["uri"], run.mlflow_run_id, tracking_uri, tags, description,
@@ -196,7 +196,7 @@ def grid_links(grid_run: Tracker, cell_run_ids: list[str], spec: GridSpec, cells
     axes = ablation_axes(spec)
     epochs = [f"{s}_epochs" for s in ("lora", "reft") if len({c.epochs.get(s, 0) for c in cells}) > 1]
     state = views.grid_view(grid_run.run_id, [a for a in axes if a not in ("lora.epochs", "reft.epochs")],
-                            epochs, list(all_names()["pipeline"]), images)
+                            epochs, [*all_names()["pipeline"], *all_names()["grid"]], images)
     save_view(uri, exp, key, f"heft: grid {spec.name}", state)
     return {"MLflow grid run": ui_url(uri, exp, grid_run.run_id),
             "MLflow cells by validation accuracy": view_url(uri, exp, key),

@@ -13,7 +13,6 @@ the same ``RunResult`` (heft/run/result.py) from ``finish``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -30,6 +29,7 @@ from heft.tracking.context import dataset_input, source_tags
 from heft.tracking.client import client, soft, ui_url
 from heft.tracking.vocabulary import pipeline_metrics
 from tasks.models import log_model_task
+from tasks.stages import slug
 
 
 UNUSED = "-"  # the value of a param whose stage section the run's mode does not run
@@ -41,11 +41,6 @@ def run_params(cfg, root: str) -> dict:
     unused = {"lora", "merge", "reft"} - set(MODES[cfg.mode].sections)
     params = flat_params(cfg) | {"artifact_root": root}  # normalised: a path that travels
     return {k: UNUSED if k.split(".", 1)[0] in unused else v for k, v in params.items()}
-
-
-def slug(text: str) -> str:
-    """'reft-layers-heft-20-20-x0-1-2-2-seed-0': what Prefect accepts as an artifact key."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 @dataclass

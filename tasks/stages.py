@@ -10,6 +10,7 @@ config, not a blip; the others retry transient storage faults.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from prefect import task
@@ -32,6 +33,11 @@ def step_cache_key(context, parameters: dict) -> str:
     """Prefect's cache key of a stage task: the step's key and where its artifact lives."""
     step: Step = parameters["step"]
     return f"heft-{step.stage}-{step.key}-{digest(normalize_root(parameters['root']), 8)}"
+
+
+def slug(text: str) -> str:
+    """'reft-layers-heft-20-20-x0-1-2-2-seed-0': what Prefect accepts as an artifact key."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def step_task_name() -> str:
@@ -91,7 +97,7 @@ def prefect_progress(step: Step, mlflow: Progress) -> Progress:
         return mlflow
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     epochs = max(1, step.config.epochs)
-    artifact = create_progress_artifact(0.0, key=f"{step.stage}-{step.key}",
+    artifact = create_progress_artifact(0.0, key=slug(f"{step.title}-{step.key[:8]}"),
                                         description=f"{step.title} ({step.key}): share of its {epochs} "
                                                     "epoch(s) of optimizer steps done")
     moved = [time.monotonic()]

@@ -10,7 +10,8 @@ from heft.grids.plan import GridPlan, plan_cells
 from heft.grids.spec import expand, load_grid
 from heft.plan import plan, run_title
 from heft.store.keys import stage_key
-from tasks.pipeline_run import UNUSED, run_params, slug
+from tasks.pipeline_run import UNUSED, run_params
+from tasks.stages import slug
 
 STORIES = "preset=deployments/stories-boolq.yaml"
 

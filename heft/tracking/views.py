@@ -73,15 +73,14 @@ def grid_view(grid_run_id: str, axes: list[str], epoch_metrics: list[str], other
     logged as images of the grid run (dots with 95% whiskers: MLflow's own scatter has none)."""
     section = f"heft-{grid_run_id[:8]}"
     varied = [("PARAM", a) for a in axes] + [("METRIC", m) for m in epoch_metrics]
+    accuracies = [*epoch_metrics, "valid_accuracy", "heldout_accuracy"]
     charts = [_chart("PARALLEL", f"{section}-parallel", section, selectedParams=list(axes),
-                     selectedMetrics=[*epoch_metrics, "valid_accuracy", "heldout_accuracy"], showAllRuns=True,
-                     displayName="cells: what they vary -> validation -> held-out accuracy")]
+                     selectedMetrics=accuracies, showAllRuns=True)]
     charts += [_chart("IMAGE", f"{section}-image-{i}", section, imageKeys=[key], step=0, showRunParams=False)
                for i, key in enumerate(images)]
     for i, (kind, key) in enumerate(varied + [("METRIC", "valid_accuracy")]):
         charts.append(_chart("SCATTER", f"{section}-dots-{i}", section, xaxis={"key": key, "type": kind},
-                             yaxis={"key": "heldout_accuracy", "type": "METRIC"},
-                             displayName=f"held-out accuracy vs {key}"))
+                             yaxis={"key": "heldout_accuracy", "type": "METRIC"}))
     charts += [dict(_chart("BAR", f"{section}-off-{m}", section, metricKey=m), deleted=True)
                for m in sorted({*other_metrics, *epoch_metrics, "heldout_accuracy", "valid_accuracy"})]
     return {"searchFilter": f"tags.`heft.grid_run` = '{grid_run_id}'",
