@@ -17,11 +17,13 @@ import argparse
 import json
 import signal
 import sys
+import time
 from contextlib import contextmanager
 
 import yaml
 
 from flows import model_cli
+from flows.console import grid_summary, run_summary, terminal
 from flows.prefect_server import prefect_api
 from heft.config import ConfigError
 from heft.presets import DEFAULT_PRESET, load_run_config, to_dict
@@ -86,7 +88,10 @@ def command(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--preset", default=DEFAULT_PRESET, help=f"YAML preset (default {DEFAULT_PRESET})")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. reft.layer=4")
+        if name == "run":
+            output_options(p)
     g = sub.add_parser("grid", help="run a grid of pipelines (flow heft-grid)")
+    output_options(g)
     g.add_argument("--grid", default="deployments/grids/reft-layers.yaml", help="grid YAML")
     g.add_argument("--list", action="store_true", help="print the resolved cells and exit")
     g.add_argument("--register", metavar="NAME", help="register the cell with the best validation accuracy "
@@ -98,6 +103,8 @@ def command(argv: list[str] | None = None) -> int:
     st.add_argument("--results", default=None, help="results file (default: the study's `results:`)")
     st.add_argument("--list", action="store_true", help="print every grid's cells and exit")
     st.add_argument("overrides", nargs="*", help="grid fields or run overrides added to every grid")
+    st.add_argument("--verbose", action="store_true",
+                    help="also print Prefect's, MLflow's and the libraries' log lines and warnings")
     model_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     stop_on_signals()
@@ -117,7 +124,8 @@ def command(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    with services_starting(cfg.tracking_uri) as serve:
+    started = time.perf_counter()
+    with terminal(args.verbose), services_starting(cfg.tracking_uri) as serve:
         from prefect import tags
 
         from flows.heft_flow import heft  # Prefect import only when running
@@ -128,10 +136,22 @@ def command(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"heft: error: {e}", file=sys.stderr)
             return 2
-    print(json.dumps(result.results, indent=2))
-    print(f"model: {result.model['key']} ({result.model['uri']}); ask it with "
-          f"`heft predict --model {result.model['key']} --question ... --passage ...`")
+    if args.json:  # for scripts: the held-out results per evaluation, the model
+        print(json.dumps({**result.results, "model": result.model}, indent=2))
+        return 0
+    from heft.tracking.client import experiment_id, ui_url
+    exp = experiment_id(cfg.tracking_uri, cfg.experiment)
+    links = {"MLflow run": ui_url(cfg.tracking_uri, exp, result.mlflow_run_id),
+             "MLflow runs by validation accuracy": ui_url(cfg.tracking_uri, exp)}
+    print("\n".join(run_summary(result, time.perf_counter() - started, links)))
     return 0
+
+
+def output_options(parser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Prefect's, MLflow's and the libraries' log lines and warnings")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (for scripts) "
+                                                           "instead of the summary table")
 
 
 def grid_command(args) -> int:
@@ -143,18 +163,23 @@ def grid_command(args) -> int:
         if args.list:
             print("\n".join(describe_grid(cells)))
             return 0
-        with services_starting(cells[0].config.tracking_uri) as serve:
+        with terminal(args.verbose), services_starting(cells[0].config.tracking_uri) as serve:
             from prefect import tags
 
             from flows.grid_flow import heft_grid
             with serve(), tags("heft", "grid", f"grid:{spec.name}"):
-                heft_grid(spec=spec, register=args.register)
+                out = heft_grid(spec=spec, register=args.register)
     except ConfigError as e:
         print(f"heft: error: {e}", file=sys.stderr)
         return 2
     except StepsFailed as e:  # each failed step was printed once, with its cells, as it failed
         print(f"heft: error: {e}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({k: out[k] for k in ("rows", "best", "report_dir", "mlflow_run_id", "registered")},
+                         indent=2, default=str))
+    else:
+        print("\n".join(grid_summary(out)))
     return 0
 
 
@@ -190,7 +215,7 @@ def study_command(args) -> int:
                 for c in expand(g):
                     print(f"{c.run_name:<48} {c.method:<10} epochs={c.epochs}")
             return 0
-        with services_starting() as serve:
+        with terminal(args.verbose), services_starting() as serve:
             from flows.study_flow import heft_study
             with serve():
                 out = heft_study(study=args.study, overrides=args.overrides, results=args.results)

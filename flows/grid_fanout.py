@@ -16,6 +16,7 @@ import dataclasses
 
 from heft.grids.plan import GridPlan
 from heft.grids.spec import GridSpec
+from heft.progress import say
 from heft.run.result import RunResult, StageRow, run_result
 from heft.store.artifacts import ArtifactStore
 from heft.tracking import Tracker
@@ -43,12 +44,12 @@ def fan_out(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: GridS
         for i in wave:
             cell = grid.cells[i]
             params = {"config": dataclasses.asdict(cell.config), "mlflow_parent_run_id": grid_run.run_id,
-                      "run_name": cell.run_name, "mlflow_tags": cell.mlflow_tags(spec.name)}
+                      "run_name": cell.run_name, "mlflow_tags": cell.mlflow_tags(spec.name, grid_run.run_id)}
             child = run_deployment(spec.deployment, parameters=params, timeout=0, as_subflow=True,
                                    idempotency_key=f"{flow_run.id}-{grid.plans[i].final.key}",
                                    flow_run_name=f"{spec.name}: {cell.run_name}", tags=[f"grid:{spec.name}"])
             launched[i] = child
-            print(f"launched {cell.run_name} as flow run {child.name} ({child.id})")
+            say(f"launched {cell.run_name} as flow run {child.name} ({child.id})")
         wait([PrefectFlowRunFuture(child.id) for child in launched.values()])
         failed = []
         for i, child in launched.items():

@@ -25,12 +25,18 @@ from heft.config import ConfigError, flat_params
 from heft.grids.plan import GridPlan, plan_cells
 from heft.grids.report import CellResult, champion, write_report
 from heft.grids.spec import Cell, GridSpec, expand, load_grid
+from heft.inference.mlflow_model import task_name, version_description
+from heft.modes import MODES
 from heft.plan import Plan
+from heft.progress import say
 from heft.run.execute import execute
 from heft.run.result import RunResult, row
 from heft.store.artifacts import ArtifactStore
 from heft.tracking import Tracker, experiment_id
-from heft.tracking.client import compare_url, ui_url
+from heft.grids.plots import ablation_axes
+from heft.tracking import views
+from heft.tracking.client import compare_url, save_view, ui_url, view_url
+from heft.tracking.vocabulary import all_names
 from heft.tracking.context import source_tags
 from heft.tracking.orphans import close_orphans_note
 from tasks.models import register_task
@@ -46,7 +52,7 @@ def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: Gri
     steps = list(grid.steps.values())
     with ExitStack() as stack:
         pipelines = [stack.enter_context(PipelineRun.start(p, store, grid_run, c.run_name,
-                                                           c.mlflow_tags(spec.name)))
+                                                           c.mlflow_tags(spec.name, grid_run.run_id)))
                      for c, p in zip(grid.cells, grid.plans)]
         done = execute(steps, store, on_task_runner(grid, store, [p.run for p in pipelines], spec))
         out = []
@@ -60,26 +66,38 @@ def run_cells(grid: GridPlan, store: ArtifactStore, grid_run: Tracker, spec: Gri
                 if not first or outcome.reused:
                     link_builder(pipeline.run, step, outcome.artifact)
             out.append(pipeline.finish({s.name: done[s.key].artifact for s in planned.steps}, rows))
+            pipeline.seconds = out[-1].seconds  # the cell's Duration: its own steps, not the grid's
     return out
 
 
 def register_best(name: str, cells: list[Cell], results: list[CellResult], runs: list[RunResult],
                   tracking_uri: str, grid_name: str) -> dict:
     """Register the cell with the best validation accuracy.  Never the best held-out accuracy:
-    choosing on the held-out rows would make the reported held-out number optimistic."""
-    best = champion([r.valid_accuracy for r in results])  # ties: the first cell
+    choosing on the held-out rows would make the reported held-out number optimistic.  The
+    version points at the cell's run; it becomes champion only when it beats the champion on
+    the same data, else challenger, and the line printed says which and why."""
+    best = champion([r.valid_accuracy for r in results])  # ties: the first cell (the report says so)
     if best is None:
         raise ConfigError(f"--register {name}: no cell of grid {grid_name!r} trained a model with a "
                           "validation accuracy (data.valid_size=0, or untrained cells only)")
     cell, result, run = cells[best], results[best], runs[best]
-    tags = {"heft.grid": grid_name, "heft.cell": cell.label, "heft.seed": cell.seed,
-            "heft.model.key": run.model["key"], "valid_accuracy": result.valid_accuracy,
-            "heldout_accuracy": result.accuracy, "config": json.dumps(flat_params(cell.config), default=str)}
-    source_run = run.model["uri"].removeprefix("runs:/").split("/")[0]
-    version = register_task(name, source_run, tracking_uri, tags)
-    print(f"registered {name} version {version} (alias champion): {cell.run_name}, validation accuracy "
-          f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%}")
-    return {"version": version, "cell": cell.run_name}
+    m = run.metrics
+    method = MODES[cell.method].title
+    tags = {"heft.grid": grid_name, "heft.cell": cell.title, "heft.seed": cell.seed,
+            "heft.model.key": run.model["key"], "heft.data.key": run.data_key,
+            "heft.model": cell.config.model.name, "heft.task": task_name(cell.config), "heft.method": method,
+            "valid_accuracy": f"{result.valid_accuracy:.2%}", "heldout_accuracy": f"{result.accuracy:.2%}",
+            "heldout_ci95": f"{m['ci95_low']:.2%}-{m['ci95_high']:.2%}",
+            "heldout_majority_rate": f"{m['majority_rate']:.2%}",
+            "heft.answers": f"always {result.constant}" if result.constant else "varied",
+            "heft.run_config": json.dumps(flat_params(cell.config), default=str)}
+    description = version_description(cell.config, cell.title, method, result.valid_accuracy,
+                                      result.valid_rows, m, result.constant)
+    out = register_task(name, run.model["uri"], run.mlflow_run_id, tracking_uri, tags, description,
+                        result.valid_accuracy, run.data_key)
+    say(f"registered {name} version {out['version']} as {out['alias']}: {cell.run_name}, validation "
+        f"{result.valid_accuracy:.2%}, held-out {result.accuracy:.2%} ({out['why']})")
+    return {"version": out["version"], "cell": cell.run_name, "alias": out["alias"], "why": out["why"]}
 
 
 def cancel_children(flow, flow_run, state) -> None:
@@ -112,10 +130,10 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
     store = ArtifactStore(first.artifact_root)
     engine = f"deployment {spec.deployment}" if spec.deployment else \
         f"Dask {spec.dask}" if spec.dask else f"{spec.workers} thread worker(s)"
-    print(f"grid {spec.name}: {len(cells)} cells, {len(grid_plan.steps)} unique steps, on {engine}")
+    say(f"grid {spec.name}: {len(cells)} cells, {len(grid_plan.steps)} unique steps, on {engine}")
     study_run = None
     if not mlflow_parent_run_id and (note := close_orphans_note(first.tracking_uri, first.experiment)):
-        print(note)
+        say(note)
     if mlflow_parent_run_id:
         study_run = Tracker(first.tracking_uri, experiment_id(first.tracking_uri, first.experiment),
                             mlflow_parent_run_id)
@@ -126,6 +144,7 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
     tags = {"heft.grid": spec.name, "heft.kind": "grid", **source_tags()}
     with Tracker.start(first.tracking_uri, first.experiment, run_name=f"grid: {spec.name}", params=params,
                        parent=study_run, tags=tags) as grid_run:
+        grid_run.set_tags({"heft.grid_run": grid_run.run_id})  # its cells carry it too: one view shows all
         started = time.perf_counter()
         if spec.deployment:
             runs = fan_out(grid_plan, store, grid_run, spec)
@@ -133,40 +152,55 @@ def heft_grid(grid: str = DEFAULT_GRID, overrides: list[str] | None = None, spec
             runs = run_cells(grid_plan, store, grid_run, spec)
         seconds = time.perf_counter() - started
         results = [CellResult.of(cell, run) for cell, run in zip(cells, runs)]
-        for i, (cell, r) in enumerate(zip(cells, results), 1):
-            print(f"[{i}/{len(cells)}] {cell.run_name}: held-out {r.accuracy:.2%} "
-                  f"(steps ran {r.ran}, reused {r.cached})")
         folder = Path(report_dir or f".heft/reports/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         report = write_report(folder, spec, cells, results)
         best = report["best"]
         grid_run.log_metrics({"wall_seconds": seconds, "cells": len(cells),
                               "steps_built": sum(r.ran for r in results),
                               "steps_reused": sum(r.cached for r in results), **best["metrics"]})
-        links = grid_links(grid_run, [run.mlflow_run_id for run in runs if run.mlflow_run_id])
+        cell_runs = [run.mlflow_run_id for run in runs if run.mlflow_run_id]
+        images = [key for key in ("ablation_plot", "epochs_plot") if key in report["files"]]
+        for key in images:  # the dot plots with whiskers, as images the experiment page can chart
+            grid_run.log_image(report["files"][key], f"heft_{key}")
+        links = grid_links(grid_run, cell_runs, spec, cells, [f"heft_{key}" for key in images])
         note = report["markdown"] + "\n\n" + " · ".join(f"[{text}]({url})" for text, url in links.items())
-        grid_run.set_tags({"mlflow.note.content": note, "heft.best_cell": best["label"]})
+        grid_run.set_tags({"mlflow.note.content": note, "heft.best_cell": best["label"],
+                           "heft.verdict": best["pick"]})
         grid_run.log_files(list(report["files"].values()), artifact_path="report")
+        registered = None
         if register:
             registered = register_best(register, cells, results, runs, first.tracking_uri, spec.name)
-            what = f"{register} v{registered['version']}: {registered['cell']}"
+            what = f"{register} v{registered['version']} ({registered['alias']}): {registered['cell']}"
             grid_run.set_tags({"heft.registered": what})
     key = re.sub(r"[^a-z0-9-]+", "-", f"grid-{spec.name}".lower())
-    create_markdown_artifact(key=key, description=f"heft grid {spec.name}", markdown=note)
-    for (text, url), kind in zip(links.items(), ("mlflow", "mlflow-compare")):
+    create_markdown_artifact(key=key, description=f"heft grid {spec.name}: best by validation {best['pick']}",
+                             markdown=note)
+    kinds = ("mlflow", "mlflow-cells", "mlflow-charts", "mlflow-compare")
+    for (text, url), kind in zip(links.items(), kinds):
         create_link_artifact(url, link_text=text, key=f"{kind}-{key}",
                              description=f"{text} of grid {spec.name}")
-    print(report["markdown"])
+    print(report["markdown"])  # the Prefect run log keeps the report; the command prints its own table
     print("\n".join(f"{text}: {url}" for text, url in links.items()))
     return {"rows": report["rows"], "seconds": seconds, "report_dir": str(folder),
-            "mlflow_run_id": grid_run.run_id, "best": best,
+            "mlflow_run_id": grid_run.run_id, "best": best, "links": links, "registered": registered,
             "cells": [dict(vars(r), stages=[vars(s) for s in run.stages]) for r, run in zip(results, runs)]}
 
 
-def grid_links(grid_run: Tracker, cell_run_ids: list[str]) -> dict[str, str]:
-    """MLflow pages of a grid: its run (the report, the best cell) and the compare view of its
-    cells (the params that differ, heldout_accuracy plotted against them)."""
+def grid_links(grid_run: Tracker, cell_run_ids: list[str], spec: GridSpec, cells: list[Cell],
+               images: list[str] = ()) -> dict[str, str]:
+    """MLflow pages of a grid: its run (the report, the verdict), its cells on the experiment page
+    sorted by validation accuracy (a saved view: heft/tracking/views.py) and as charts, and the
+    compare view of its cells (the params that differ beside heldout_accuracy)."""
     uri, exp = grid_run.uri, grid_run.experiment_id
+    key = f"grid-{grid_run.run_id[:12]}"
+    axes = ablation_axes(spec)
+    epochs = [f"{s}_epochs" for s in ("lora", "reft") if len({c.epochs.get(s, 0) for c in cells}) > 1]
+    state = views.grid_view(grid_run.run_id, [a for a in axes if a not in ("lora.epochs", "reft.epochs")],
+                            epochs, [*all_names()["pipeline"], *all_names()["grid"]], images)
+    save_view(uri, exp, key, f"heft: grid {spec.name}", state)
     return {"MLflow grid run": ui_url(uri, exp, grid_run.run_id),
+            "MLflow cells by validation accuracy": view_url(uri, exp, key),
+            "MLflow charts of the cells": view_url(uri, exp, key, charts=True),
             "MLflow compare view of the cells": compare_url(uri, exp, cell_run_ids)}
 
 

@@ -9,7 +9,8 @@ from prefect import flow
 
 from flows.runners import tasks_in_order
 from heft.config import RunConfig
-from heft.plan import Plan, plan
+from heft.plan import Plan, plan, run_title
+from heft.progress import say
 from heft.presets import DEFAULT_PRESET, load_run_config
 from heft.run.execute import execute
 from heft.run.result import RunResult, row, summary
@@ -21,7 +22,7 @@ from tasks.pipeline_run import PipelineRun
 
 
 def run_name() -> str:
-    """Flow-run names from the config: 'heft heft stories260K seed=0' (or the grid cell's name)."""
+    """Flow-run names from the config: 'HEFT 1+1 · stories260K · seed=0' (or the grid cell's name)."""
     from prefect.runtime import flow_run
     p = flow_run.parameters
     if p.get("run_name"):
@@ -31,7 +32,7 @@ def run_name() -> str:
     if cfg is None:
         return "heft " + (p.get("preset") or DEFAULT_PRESET).rsplit("/", 1)[-1].removesuffix(".yaml") + \
             "".join(f" {o}" for o in p.get("overrides") or [])
-    return f"heft {cfg.mode} {cfg.model.name.rstrip('/').rsplit('/', 1)[-1]} seed={cfg.lora.seed}"
+    return run_title(cfg)
 
 
 @flow(name="heft", log_prints=True, flow_run_name=run_name)
@@ -55,25 +56,27 @@ def heft(config: RunConfig | None = None, preset: str | None = None, overrides: 
     store = ArtifactStore(config.artifact_root)
     grid_run = None
     if not mlflow_parent_run_id and (note := close_orphans_note(config.tracking_uri, config.experiment)):
-        print(note)
+        say(note)
     if mlflow_parent_run_id:
         grid_run = Tracker(config.tracking_uri, experiment_id(config.tracking_uri, config.experiment),
                            mlflow_parent_run_id)
-    with PipelineRun.start(planned, store, grid_run, run_name or config.mode, mlflow_tags or {}) as pipeline:
+    name = run_name or run_title(config)
+    with PipelineRun.start(planned, store, grid_run, name, mlflow_tags or {}) as pipeline:
         done = execute(list(planned.steps), store, tasks_in_order(store, pipeline.run), built)
         artifacts = {step.name: done[step.key].artifact for step in planned.steps}
         result = pipeline.finish(artifacts, [row(done[step.key]) for step in planned.steps])
-    print(summary(planned, artifacts))
+    print(summary(planned, artifacts))  # the run's log; the command prints its own table
     return result
 
 
 def describe(checked: Checked, planned: Plan) -> None:
     cfg = planned.config
     if checked.all_built:
-        print(f"validated: all {checked.steps} artifacts of this {cfg.mode} run are already built")
+        say(f"{run_title(cfg)}: all {checked.steps} steps are built already")
     else:
         m = checked.model
-        print(f"validated: {cfg.model.name} ({m['family']}, {m['depth']} blocks), mode={cfg.mode}")
+        say(f"{run_title(cfg)}: validated {cfg.model.name} ({m['family']}, {m['depth']} blocks), "
+            f"{len(planned.steps) - len(checked.built)} of {len(planned.steps)} steps to build")
 
 
 if __name__ == "__main__":

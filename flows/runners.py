@@ -48,24 +48,51 @@ from heft.run.execute import Outcome, Runner, StepsFailed
 from heft.store.artifacts import Artifact, ArtifactStore
 from heft.store.damage import DamagedArtifact
 from heft.grids.spec import GridSpec
-from heft.grids.plan import GPU_STAGES, GridPlan
+from heft.grids.plan import GPU_STAGES, Eta, GridPlan
 from heft.tracking import Tracker, stage_params
 from tasks.stages import STAGE_TASKS, run_step_task
 
 STOP_WAIT_S = 60  # how long an interrupted grid waits for its worker threads to stop
+SAID_STARTING = ("lora", "reft")  # the stages whose start is worth a line (their epochs follow)
 
 
 def tasks_in_order(store: ArtifactStore, pipeline: Tracker) -> Runner:
-    """Each step as its stage task, one after the other (the ``heft`` flow)."""
+    """Each step as its stage task, one after the other (the ``heft`` flow); one line when a
+    step starts and one when it is done or found cached."""
     def run(steps: list[Step], built: set[str]) -> dict[str, Outcome]:
         done: dict[str, Outcome] = {}
         for step in steps:
             parent = done[step.parent_key].artifact if step.parent_key else None
+            if step.key not in built and step.stage in SAID_STARTING:
+                progress.say(f"{step.title}: started")
             with progress.doing(step.label):
                 done[step.key] = outcome = run_step_task(step, parent, store, pipeline, step.key in built)
-            print(f"{step.stage:>8} {step.key} {outcome.state} ({'reused' if outcome.reused else 'ran'})")
+            progress.say(step_done(step, outcome.artifact, outcome.reused or outcome.state == "Cached"))
         return done
     return run
+
+
+def build_seconds(art: Artifact) -> float | None:
+    """How long building ``art`` took (its meta.json build times), None when unknown."""
+    build = art.meta.get("build", {})
+    return build["finished"] - build["started"] if "started" in build and "finished" in build else None
+
+
+def step_done(step: Step, art: Artifact, cached: bool) -> str:
+    """'reft · layer=1 · seed=0: done in 18 s, validation 61.75%' or '...: cached (a99b3aab)'."""
+    m = art.metrics
+    if step.stage == "evaluate":
+        what = (f"held-out {m['accuracy']:.2%} (95% CI {m['ci95_low']:.2%}-{m['ci95_high']:.2%}, "
+                f"majority {m['majority_rate']:.2%})")
+    elif m.get("final_valid_accuracy") is not None:
+        what = f"validation {m['final_valid_accuracy']:.2%}"
+    else:
+        what = ""
+    if cached:
+        return f"{step.title}: cached ({step.key[:8]})" + (f", {what}" if what else "")
+    seconds = build_seconds(art)
+    took = f"done in {progress.duration(seconds)}" if seconds is not None else "done"
+    return f"{step.title}: {took}" + (f", {what}" if what else "")
 
 
 def on_task_runner(grid: GridPlan, store: ArtifactStore, cell_runs: list[Tracker], spec: GridSpec) -> Runner:
@@ -76,12 +103,12 @@ def on_task_runner(grid: GridPlan, store: ArtifactStore, cell_runs: list[Tracker
     cells = {key: cells_of(grid, key) for key in grid.steps}
 
     def run(steps: list[Step], built: set[str]) -> dict[str, Outcome]:
-        runs = {s.key: cell_runs[grid.users[s.key][0]].child(s.label, stage_params(s.stage, s.config))
+        runs = {s.key: cell_runs[grid.users[s.key][0]].child(s.title, stage_params(s.stage, s.config))
                 for s in steps if s.key not in built}  # only what will be built gets a run
         flow = grid_steps.with_options(task_runner=task_runner(spec), flow_run_name=f"{spec.name}: steps")
         try:
             done = flow(steps, store.root, sorted(built), runs, live, bool(spec.dask), threads, cells,
-                        None if spec.dask else spec.workers)
+                        None if spec.dask else spec.workers, spec.name)
         except BaseException as e:  # the stage runs a failure or an interrupt left open
             close_open(runs.values(), "FAILED" if isinstance(e, Exception) else "KILLED")
             raise
@@ -168,11 +195,13 @@ def gpu_slot(stage: str, on_dask: bool):
 @flow(name="heft-grid-steps", log_prints=True)
 def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, Tracker], live: bool,
                on_dask: bool, torch_threads: int | None = None, cells: dict[str, str] | None = None,
-               workers: int | None = None) -> dict:
+               workers: int | None = None, grid_name: str = "grid") -> dict:
     """Submit every unique step once, when its parent is done (at most ``workers`` in flight, in
-    plan order); close each stage's MLflow run as its step finishes.  Returns
-    {key: (artifact, state name)}; a failed step is printed once, with its ``cells``, and its
-    descendants are not started; then raises ``StepsFailed``."""
+    plan order); close each stage's MLflow run as its step finishes, with the step's own build
+    time as its duration.  Says each step started and done (or cached), then the grid's steps
+    done of all and its ETA (heft/grids/plan.py ``Eta``).  Returns {key: (artifact, state
+    name)}; a failed step is said once, with its ``cells``, and its descendants are not
+    started; then raises ``StepsFailed``."""
     if torch_threads and len(built) < len(steps):
         import torch  # thread workers share this process: split the cores between them
         torch.set_num_threads(torch_threads)
@@ -183,6 +212,7 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
     ready = [s for s in steps if s.parent_key is None]
     waiting = [s for s in steps if s.parent_key is not None]
     order = {s.key: i for i, s in enumerate(steps)}  # ready steps start in the plan's order
+    eta, started = Eta(steps, set(built), workers or len(steps)), time.monotonic()
 
     def where(step: Step) -> str:
         return f"{step.label} ({cells[step.key]})" if step.key in cells else step.label
@@ -196,6 +226,8 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
                     future = task.submit(step, futures.get(step.parent_key), root, runs.get(step.key), live)
                 futures[step.key], in_flight[future] = future, step
                 doing[step.key] = progress.started(where(step))
+                if step.key not in built and step.stage in SAID_STARTING:
+                    progress.say(f"{step.title}: started")
                 future.add_done_callback(finished.put)
             future = next_finished(finished)
             step = in_flight.pop(future)
@@ -203,17 +235,22 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
             run = runs.get(step.key)
             try:
                 art: Artifact = future.result()
-            except Exception as e:  # noqa: BLE001 - printed once here, with the step and its cells
+            except Exception as e:  # noqa: BLE001 - said once here, with the step and its cells
                 damaged.append(e) if isinstance(e, DamagedArtifact) else None
                 failed.append(step)
-                print(f"FAILED {where(step)} {step.key}: {type(e).__name__}: {first_line(e)}")
+                progress.say(f"FAILED {where(step)} {step.key}: {type(e).__name__}: {first_line(e)}")
                 if run:
                     run.finish("FAILED")
                 continue
+            seconds = None if step.key in built else build_seconds(art)
             if run:
                 run.record_artifact(art, local_dir=store.local_path(art), replay=not live)
-                run.finish()
+                run.finish(seconds=seconds)
             done[step.key] = (art, future.state.name)
+            eta.done(step, seconds, art.metrics)
+            elapsed = time.monotonic() - started
+            progress.say(step_done(step, art, step.key in built or future.state.name == "Cached")
+                         + "  " + grid_line(grid_name, done, built, len(steps), elapsed, eta.left()))
             ready += [s for s in waiting if s.parent_key == step.key]
             waiting = [s for s in waiting if s.parent_key != step.key]
     except BaseException as e:  # an interrupt, or an error of the flow's own (not of a step)
@@ -231,10 +268,17 @@ def grid_steps(steps: list[Step], root: str, built: list[str], runs: dict[str, T
             if run := runs.get(step.key):
                 run.finish("FAILED")
         if waiting:
-            print(f"not run, a step they need failed: {', '.join(where(s) for s in waiting)}")
+            progress.say(f"not run, a step they need failed: {', '.join(where(s) for s in waiting)}")
         raise StepsFailed(f"{len(failed)} grid step(s) failed ({', '.join(s.label for s in failed)}) and "
                           f"{len(waiting)} did not run because of them; each is named above with its cells")
     return done
+
+
+def grid_line(name: str, done: dict, built: list[str], total: int, elapsed: float, left: float | None) -> str:
+    """'[grid reft-layers 7/12 steps, 3 min 20 s, ETA 2 min 10 s]': the grid's progress, after
+    each step's line."""
+    eta = "" if left is None else (", all done" if len(done) == total else f", ETA {progress.duration(left)}")
+    return f"[grid {name} {len(done)}/{total} steps, {progress.duration(elapsed)}{eta}]"
 
 
 def next_finished(finished: queue.Queue):

@@ -28,6 +28,7 @@ class Mode:
     title: str                                   # how reports name the method
     chain: tuple[str, ...]                       # stages after data -> base, each on the one before
     evaluations: tuple[tuple[str, str], ...]     # (evaluation name, stage of the chain it scores)
+    short: str = ""                              # how run names say it: 'HEFT 3+1 · stories260K'
 
     @property
     def trains(self) -> tuple[str, ...]:
@@ -47,9 +48,10 @@ class Mode:
 
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("heft", "HEFT (LoRA->ReFT)", ("lora", "merge", "reft"),
-         (("lora", "lora"), ("merged", "merge"), ("heft", "reft"))),
-    Mode("lora-only", "LoRA only", ("lora", "merge"), (("lora", "lora"), ("merged", "merge"))),
-    Mode("reft-only", "ReFT only", ("reft",), (("reft", "reft"),)),
-    Mode("reft-lora", "ReFT->LoRA", ("reft", "lora"), (("reft", "reft"), ("reft-lora", "lora"))),
-    Mode("base", "untrained base", (), (("base", "base"),)),
+         (("lora", "lora"), ("merged", "merge"), ("heft", "reft")), "HEFT"),
+    Mode("lora-only", "LoRA only", ("lora", "merge"), (("lora", "lora"), ("merged", "merge")), "LoRA-only"),
+    Mode("reft-only", "ReFT only", ("reft",), (("reft", "reft"),), "ReFT-only"),
+    Mode("reft-lora", "ReFT->LoRA", ("reft", "lora"), (("reft", "reft"), ("reft-lora", "lora")),
+         "ReFT->LoRA"),
+    Mode("base", "untrained base", (), (("base", "base"),), "base"),
 )}

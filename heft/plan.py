@@ -33,11 +33,18 @@ class Step:
     parent_key: str | None
     inputs: dict = field(default_factory=dict)  # content fingerprints hashed into the key
     evaluation: str = ""       # an evaluate step: which evaluation it is ('merged', 'heft', ...)
+    detail: str = ""           # what tells it apart from its stage's other steps: 'layer=1 · seed=0'
 
     @property
     def label(self) -> str:
-        """'lora', or 'evaluate:merged' for an evaluation (Prefect task and MLflow run names)."""
+        """'lora', or 'evaluate:merged' for an evaluation (tags, log lines, who needs a step)."""
         return f"evaluate:{self.evaluation}" if self.evaluation else self.stage
+
+    @property
+    def title(self) -> str:
+        """'reft · layer=1 · seed=0', 'evaluate:heft · HEFT layer=1 seed=0': the Prefect task-run and
+        MLflow stage-run name, which says what the step is among many."""
+        return f"{self.label} · {self.detail}" if self.detail else self.label
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,54 @@ class Plan:
         """The last training step: its validation accuracy after the last epoch is the run's."""
         trains = self.mode.trains
         return self[trains[-1]] if trains else None
+
+
+# the fields a run's training steps are named by (a grid names them by the fields its steps vary)
+SALIENT = {"lora": ("rank", "epochs"), "reft": ("layer", "rank", "epochs")}
+
+
+def settings(config: Any, fields) -> str:
+    """'layer=1 · seed=0': the fields named, then the seed (always: a new seed is a new model)."""
+    names = [f for f in fields if f != "seed"] + (["seed"] if hasattr(config, "seed") else [])
+    values = {f: getattr(config, f) for f in names}
+    return " · ".join(f"{f}={','.join(v) if isinstance(v, tuple) else v}" for f, v in values.items())
+
+
+def titled(steps: list[Step], fields: dict[str, tuple[str, ...]] = SALIENT,
+           evaluations: dict[str, str] | None = None) -> dict[str, Step]:
+    """{key: the step with its ``detail``}, parents first: a training step by ``fields`` of its
+    stage and its seed, a merge or an evaluation by what it scores (its parent's detail) unless
+    ``evaluations`` names it ({key: the grid cell it belongs to}), data by its source, base by
+    its model."""
+    trained = {s.key: settings(s.config, fields.get(s.stage, ())) for s in steps if s.stage in SALIENT}
+    stage_of = {s.key: s.stage for s in steps}
+    names = [(stage_of[k], d) for k, d in trained.items()]
+    out: dict[str, Step] = {}
+    for step in steps:
+        parent = out.get(step.parent_key)
+        if step.stage in SALIENT:
+            detail = trained[step.key]
+            if names.count((step.stage, detail)) > 1:  # the same settings on another model: say which
+                detail += f" · on {stage_of.get(step.parent_key, 'base')}"
+        elif step.stage == "data":
+            detail = "/".join(step.config.source.rstrip("/").split("/")[-2:])
+        elif step.stage == "base":
+            detail = step.config.name.rstrip("/").rsplit("/", 1)[-1]
+        elif step.key in (evaluations or {}):
+            detail = evaluations[step.key]
+        else:
+            detail = parent.detail if parent and parent.stage not in ("data", "base") else ""
+        out[step.key] = dataclasses.replace(step, detail=detail)
+    return out
+
+
+def run_title(cfg: RunConfig) -> str:
+    """'HEFT 3+1 · stories260K · seed=0': a run's name, what it trains on which model."""
+    mode = MODES[cfg.mode]
+    epochs = "+".join(str(e) for e in trained_epochs(cfg).values())
+    model = cfg.model.name.rstrip("/").rsplit("/", 1)[-1]
+    seed = f" · seed={getattr(cfg, mode.trains[0]).seed}" if mode.trains else ""
+    return f"{mode.short} {epochs}".strip() + f" · {model}{seed}"
 
 
 def trained_epochs(cfg: RunConfig) -> dict[str, int]:
@@ -122,4 +177,4 @@ def plan(cfg: RunConfig, fingerprints: Fingerprints | None = None) -> Plan:
         waiting += [(name, of) for name, of in mode.evaluations if of == stage]
     waiting += [(name, of) for name, of in mode.evaluations if of == "base"]
     evaluate_built()
-    return Plan(cfg, tuple(steps))
+    return Plan(cfg, tuple(titled(steps).values()))

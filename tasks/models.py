@@ -18,10 +18,10 @@ def log_model_task(run: Tracker, root: str, evaluation: Artifact, fmt: str) -> d
     return logged
 
 
-@task(name="register-model", task_run_name="register-model", retries=1, retry_delay_seconds=[5])
-def register_task(name: str, run_id: str, tracking_uri: str, tags: dict) -> str:
-    """Register a pipeline run's model as a new version of ``name`` with alias 'champion'."""
+@task(name="register-model", task_run_name="register-model {name}", retries=1, retry_delay_seconds=[5])
+def register_task(name: str, model_uri: str, run_id: str, tracking_uri: str, tags: dict, description: str,
+                  valid: float, data_key: str) -> dict:
+    """Register a grid cell's model as a new version of ``name``: alias 'champion' if it beats
+    the champion on the same data, else 'challenger' (heft/inference/mlflow_model.py)."""
     from heft.inference.mlflow_model import register
-    version = register(name, run_id, tracking_uri, tags)
-    get_run_logger().info("registered %s version %s (alias champion) from run %s", name, version, run_id)
-    return version
+    return register(name, model_uri, run_id, tracking_uri, tags, description, valid, data_key)

@@ -9,10 +9,14 @@ config, not a blip; the others retry transient storage faults.
 """
 from __future__ import annotations
 
+import logging
+import re
+import time
+
 from prefect import task
 from prefect.logging import get_run_logger
 
-from heft.progress import Progress
+from heft.progress import EVENTS, Progress, duration, say
 from heft.run.execute import Outcome
 from heft.plan import Step
 from heft.stages import run_step
@@ -31,10 +35,37 @@ def step_cache_key(context, parameters: dict) -> str:
     return f"heft-{step.stage}-{step.key}-{digest(normalize_root(parameters['root']), 8)}"
 
 
+def slug(text: str) -> str:
+    """'reft-layers-heft-20-20-x0-1-2-2-seed-0': what Prefect accepts as an artifact key."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def step_task_name() -> str:
-    """Task-run names that say what they produce: 'lora', 'evaluate:merged'."""
+    """Task-run names that say what they produce: 'reft · layer=1 · seed=0', 'evaluate:heft · <cell>'."""
     from prefect.runtime import task_run
-    return task_run.parameters["step"].label
+    return task_run.parameters["step"].title
+
+
+class InRunContext(logging.Filter):
+    """Only records said inside a Prefect flow or task run (the API handler needs its run id)."""
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+        return bool(TaskRunContext.get() or FlowRunContext.get())
+
+
+def events_to_prefect() -> None:
+    """heft's event lines (heft.events: a stage started, an epoch, a step line, done) also go to
+    the log of the Prefect run they are said in, so the UI's run logs read like the terminal."""
+    from prefect.logging.handlers import APILogHandler
+    if not any(isinstance(h, APILogHandler) for h in EVENTS.handlers):
+        handler = APILogHandler()
+        handler.addFilter(InRunContext())
+        EVENTS.addHandler(handler)
+    if EVENTS.level == logging.NOTSET or EVENTS.level > logging.INFO:
+        EVENTS.setLevel(logging.INFO)
+
+
+events_to_prefect()
 
 
 def _build(step: Step, parent: Artifact | None, root: str, run: Tracker | None, live: bool) -> Artifact:
@@ -55,26 +86,40 @@ def _build(step: Step, parent: Artifact | None, root: str, run: Tracker | None, 
     return art
 
 
+ARTIFACT_EVERY_S = 30.0  # how often a training stage's Prefect progress card moves between epochs
+
+
 def prefect_progress(step: Step, mlflow: Progress) -> Progress:
-    """``mlflow``'s callbacks plus, for a training stage, one run-log line per epoch and a
-    Prefect progress artifact updated after each epoch (so the UI shows how far it is)."""
+    """``mlflow``'s callbacks plus, for a training stage, its name on the progress bar and the
+    step lines, one event line per epoch (terminal and run log), and a Prefect progress artifact
+    that moves with the optimizer steps (every 30 s at most), not only once per epoch."""
     if step.stage not in ("lora", "reft"):
         return mlflow
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
-    logger = get_run_logger()
     epochs = max(1, step.config.epochs)
-    artifact = create_progress_artifact(0.0, key=f"{step.stage}-{step.key}",
-                                        description=f"{step.label} {step.key}: epochs done of {epochs}")
+    artifact = create_progress_artifact(0.0, key=slug(f"{step.title}-{step.key[:8]}"),
+                                        description=f"{step.title} ({step.key}): share of its {epochs} "
+                                                    "epoch(s) of optimizer steps done")
+    moved = [time.monotonic()]
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         valid = metrics.get("valid_accuracy")
-        logger.info("%s epoch %d/%d: train loss %.4f%s, %.0f s", step.label, epoch, epochs,
-                    metrics["train_loss"], f", validation accuracy {valid:.2%}" if valid is not None else "",
-                    metrics["epoch_seconds"])
+        said = f", validation {valid:.2%}" if valid is not None else ""
+        say(f"{step.title}: epoch {epoch}/{epochs}, train loss {metrics['train_loss']:.4f}{said}, "
+            f"{duration(metrics['epoch_seconds'])}")
         update_progress_artifact(artifact, 100.0 * epoch / epochs)
+        moved[0] = time.monotonic()
         if mlflow.on_epoch:
             mlflow.on_epoch(epoch, metrics)
-    return Progress(on_epoch=on_epoch, on_step=mlflow.on_step, every=mlflow.every)
+
+    def on_step(at: int, metrics: dict) -> None:
+        if mlflow.on_step:
+            mlflow.on_step(at, metrics)
+        if time.monotonic() - moved[0] >= ARTIFACT_EVERY_S and progress.fraction:
+            update_progress_artifact(artifact, 100.0 * progress.fraction)
+            moved[0] = time.monotonic()
+    progress = Progress(on_epoch=on_epoch, on_step=on_step, every=mlflow.every, label=step.title)
+    return progress
 
 
 TASK_OPTIONS = dict(cache_key_fn=step_cache_key, persist_result=True, task_run_name=step_task_name)
@@ -140,7 +185,7 @@ def run_step_task(step: Step, parent: Artifact | None, store: ArtifactStore, pip
         art = state.result()
         link_builder(pipeline, step, art)
         return Outcome(step, art, state.name, reused)
-    with pipeline.child(step.label, stage_params(step.stage, step.config)) as run:
+    with pipeline.child(step.title, stage_params(step.stage, step.config)) as run:
         state = task(step, parent, store.root, run, return_state=True)
         art = state.result()
         run.record_artifact(art, local_dir=store.local_path(art))

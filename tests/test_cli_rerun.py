@@ -18,15 +18,17 @@ STAGE_TASKS = ("data", "base", "lora", "merge", "reft", "evaluate:lora", "evalua
 
 
 def heft_run(overrides: list[str], env: dict, *python_flags: str) -> tuple[dict, list[str], str]:
-    """(printed results, stage task states, stderr) of one `python -m flows run`."""
-    proc = subprocess.run([sys.executable, *python_flags, "-m", "flows", "run", "--preset",
+    """(printed results, stage states, stderr) of one `python -m flows run --json`."""
+    proc = subprocess.run([sys.executable, *python_flags, "-m", "flows", "run", "--json", "--preset",
                            "deployments/stories-boolq.yaml", *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the CLI prints the results as JSON, then how to ask the model (heft predict)
-    results = json.JSONDecoder().raw_decode(proc.stdout, proc.stdout.index("{\n"))[0]
-    states = re.findall(r"\b(?:data|base|lora|merge|reft|evaluate) [0-9a-f]{20} (\w+) \(",
-                        proc.stdout + proc.stderr)
+    # with --json the CLI prints the results per evaluation and the model as JSON (for scripts)
+    results = json.loads(proc.stdout)
+    # and on stderr one line per step: '12:00:01 lora · rank=8 · epochs=1 · seed=0: done in 3 s, ...'
+    said = re.findall(r"^\d\d:\d\d:\d\d (?:data|base|lora|merge|reft|evaluate:[\w-]+)[^:]*: (done|cached)\b",
+                      proc.stderr, re.M)
+    states = [{"done": "Completed", "cached": "Cached"}[s] for s in said]
     return results, states, proc.stderr
 
 
@@ -38,9 +40,10 @@ def test_cli_rerun_is_cached_and_imports_no_torch(stories, keyword_data, tmp_pat
                  "data.valid_size=20", "data.max_train=60", "model.max_length=32", "lora.epochs=1",
                  "reft.epochs=1"]
     first, first_states, _ = heft_run(overrides, env)
-    assert first_states == ["Completed"] * 8 and set(first) == {"lora", "merged", "heft"}
+    assert first_states == ["Completed"] * 8 and set(first) == {"lora", "merged", "heft", "model"}
     again, states, stderr = heft_run(overrides, env, "-X", "importtime")
     assert states == ["Cached"] * 8
+    assert again.pop("model")["uri"] == first.pop("model")["uri"]  # the model logged by the first run
     assert again == first
     imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
                 if line.startswith("import time:")}
@@ -51,7 +54,9 @@ def test_cli_rerun_is_cached_and_imports_no_torch(stories, keyword_data, tmp_pat
         runs = db.execute("select state_name, (select count(*) from task_run t where t.flow_run_id = f.id), "
                           "(select count(*) from log l where l.flow_run_id = f.id) "
                           "from flow_run f").fetchall()
-        others = {r[0] for r in db.execute("select name from task_run")} - set(STAGE_TASKS)
+        names = {r[0] for r in db.execute("select name from task_run")}
+        # task runs named by what they are: 'lora · rank=8 · epochs=1 · seed=0'
+        others = {n for n in names if n.split(" · ")[0] not in STAGE_TASKS}
     # 8 stage tasks each; log-model only in the first (the rerun's model is logged already)
     assert sorted(r[:2] for r in runs) == [("Completed", 8), ("Completed", 9)]
     assert others == {"log-model"}, others

@@ -17,6 +17,11 @@ def cfg(stories, keyword_data, tmp_path_factory):
                      artifact_root=str(tmp / "art"), tracking_uri=f"sqlite:///{tmp}/mlflow.db")
 
 
+def label(run) -> str:
+    """'reft' of stage run 'reft · layer=3 · rank=4 · epochs=2 · seed=0'."""
+    return run.info.run_name.split(" · ")[0]
+
+
 def states(result):
     return {(s.stage, i): (s.state, s.cache) for i, s in enumerate(result.stages)}
 
@@ -57,13 +62,18 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     client = MlflowClient(cfg.tracking_uri)
     parent = client.get_run(first.mlflow_run_id)
     assert parent.data.params["lora.rank"] == "8" and parent.data.params["reft.layer"] == "3"
+    assert parent.info.run_name == "HEFT 2+2 · stories260K · seed=0"  # what it trains, on which model
+    assert (parent.data.metrics["lora_epochs"], parent.data.metrics["reft_epochs"]) == (2, 2)
     assert parent.data.metrics["heldout_accuracy"] == first.results["heft"]["accuracy"]
     assert parent.data.metrics["heldout_accuracy_merged"] == first.results["merged"]["accuracy"]
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'")
-    assert sorted(r.info.run_name for r in children) == sorted(
+    assert sorted(label(r) for r in children) == sorted(
         ["data", "base", "lora", "merge", "evaluate:lora", "evaluate:merged", "reft", "evaluate:heft"])
-    lora = next(r for r in children if r.info.run_name == "lora")
+    names = {r.info.run_name for r in children}  # each says what it is among the experiment's runs
+    assert {"lora · rank=8 · epochs=2 · seed=0", "reft · layer=3 · rank=4 · epochs=2 · seed=0",
+            "evaluate:heft · layer=3 · rank=4 · epochs=2 · seed=0", "base · stories260K"} <= names, names
+    lora = next(r for r in children if label(r) == "lora")
     assert lora.data.tags["heft.key"] == first.stages[2].key and lora.data.params["lora.alpha"] == "32"
     # per-epoch validation on the optimizer-step axis (120 rows / 16 = 8 steps an epoch), and
     # the step-level loss with more points than epochs
@@ -75,7 +85,7 @@ def test_mlflow_parent_with_nested_stage_runs(runs, cfg):
     cached = client.search_runs([exp], f"tags.mlflow.parentRunId = '{second.mlflow_run_id}'")
     assert cached == []
     rerun = client.get_run(second.mlflow_run_id).data.tags
-    built_by = {r.info.run_name: r.info.run_id for r in children}
+    built_by = {label(r): r.info.run_id for r in children}
     assert rerun["heft.built_by.lora"] == built_by["lora"]
     assert rerun["heft.built_by.evaluate.heft"] == built_by["evaluate:heft"]
     assert parent.info.artifact_uri.startswith("file://") and "mlartifacts" in parent.info.artifact_uri
@@ -126,21 +136,21 @@ def test_every_logged_metric_is_one_vocabulary_name_of_its_level(runs, cfg):
                                   f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'")
     seen = set()
     for run in [parent, *children]:
-        name = run.info.run_name
+        name = label(run)
         level = ("pipeline" if run is parent else "evaluation" if name.startswith("evaluate:")
                  else level_of[name])
         extra = heft_names(run.data.metrics) - set(levels[level])
         assert not extra, (name, extra)
         seen |= heft_names(run.data.metrics)
     assert {"heldout_accuracy", "eval_accuracy", "train_loss", "valid_accuracy"} <= seen
-    reft = next(c for c in children if c.info.run_name == "reft")
+    reft = next(c for c in children if label(c) == "reft")
     last_epoch = client.get_metric_history(reft.info.run_id, "valid_accuracy")[-1].value
     assert parent.data.metrics["valid_accuracy"] == last_epoch
-    heft_eval = next(c for c in children if c.info.run_name == "evaluate:heft")
+    heft_eval = next(c for c in children if label(c) == "evaluate:heft")
     assert parent.data.metrics["heldout_accuracy"] == heft_eval.data.metrics["eval_accuracy"]
     # system metrics are sampled where the work runs, on the runs of the stages that load a
     # model; the pipeline run has none, so heldout_accuracy is the first metric a cell shares
     # (the one MLflow's compare view plots by default)
     assert heft_names(parent.data.metrics) == set(parent.data.metrics)
-    lora = next(c for c in children if c.info.run_name == "lora")
+    lora = next(c for c in children if label(c) == "lora")
     assert "system/cpu_utilization_percentage" in lora.data.metrics, sorted(lora.data.metrics)

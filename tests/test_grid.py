@@ -49,6 +49,11 @@ def test_paper_preset_scaled_epochs_and_seeds():
         "HEFT 3+3": {"lora": 1, "reft": 1}, "HEFT 20+20": {"lora": 3, "reft": 3},
         "LoRA-only 20": {"lora": 3}, "ReFT-only 20": {"reft": 3}}
     assert all(c.config.lora.seed == c.config.reft.seed == c.seed for c in cells)
+    # a scaled cell keeps its label (the study finds cells by it) and says what it trains
+    assert cells[2].run_name == "HEFT 20+20 (x0.15 = 3+3) seed=0"
+    assert [c.title for c in cells[4:7:2]] == ["LoRA-only 20 (x0.15 = 3)", "ReFT-only 20 (x0.15 = 3)"]
+    unscaled = expand(load_grid("deployments/grids/paper.yaml"), depth_of=lambda n: 6)
+    assert unscaled[0].run_name == "HEFT 3+3 seed=0"
 
 
 def test_cells_computing_the_same_thing_run_once():

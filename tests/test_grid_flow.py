@@ -79,7 +79,11 @@ def test_ablation_report_heatmap_and_mlflow_nesting(ablation, base):
     assert len(cells) == 9 and {r.data.tags["heft.grid"] for r in cells} == {"ablation"}
     assert all("heldout_accuracy" in r.data.metrics and "reft.rank" in r.data.params for r in cells)
     stages = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first['cells'][0]['run_id']}'")
-    assert {r.info.run_name for r in stages} >= {"lora", "merge", "reft", "evaluate:heft"}
+    assert {r.info.run_name.split(" · ")[0] for r in stages} >= {"lora", "merge", "reft", "evaluate:heft"}
+    # named by what tells them apart in this grid: 'reft · layer=1 · rank=2 · seed=0'
+    names = {r.info.run_name for r in stages}
+    assert "lora · seed=0" in names and f"evaluate:heft · {first['cells'][0]['title']} seed=0" in names, names
+    assert any(n.startswith("reft · layer=") and " · rank=" in n for n in names), names
 
 
 def test_lora_rank_change_reruns_everything_below_data(harness, base):
@@ -113,7 +117,8 @@ def test_orderings_with_seeds_share_stages_and_report_spread(harness, base):
     scored = [c for c in out["cells"] if c["valid_accuracy"] is not None]
     best = max(scored, key=lambda c: c["valid_accuracy"])
     assert champion.tags["heft.cell"] == best["label"] and int(champion.tags["heft.seed"]) == best["seed"]
-    assert float(champion.tags["valid_accuracy"]) == max(c["valid_accuracy"] for c in scored)
+    assert champion.tags["valid_accuracy"] == f"{max(c['valid_accuracy'] for c in scored):.2%}"  # readable
+    assert champion.tags["heft.alias_given"] == "champion" and champion.run_id == best["run_id"]  # the cell
     assert "base" not in {champion.tags["heft.cell"]}  # an untrained cell has no validation accuracy
     assert ran(cells[("HEFT", 0)]) == ["reft", "evaluate"]            # LoRA/merge from "LoRA only"
     assert ran(cells[("ReFT->LoRA", 0)]) == ["lora", "evaluate"]      # ReFT from "ReFT only"
@@ -139,5 +144,6 @@ def test_paper_preset_report_has_its_four_rows(harness, base):
     assert states(lora_only)[1] == ("lora", "Cached")  # HEFT 20+20's LoRA stage
     table = open(f"{out['report_dir']}/report.md").read().splitlines()
     body = [line for line in table if line.startswith("| ") and not line.startswith("| cell")]
-    assert [line.split(" | ")[0][2:] for line in body] == ["HEFT 3+3", "HEFT 20+20", "LoRA-only 20",
-                                                           "ReFT-only 20"]
+    assert [line.split(" | ")[0][2:] for line in body] == [  # the scaled epochs said beside the label
+        "HEFT 3+3 (x0.15 = 1+1)", "HEFT 20+20 (x0.15 = 3+3)", "LoRA-only 20 (x0.15 = 3)",
+        "ReFT-only 20 (x0.15 = 3)"]

@@ -126,8 +126,9 @@ def test_two_workers_start_the_reft_only_branch_beside_lora(harness, tiny_llama,
 
 @pytest.fixture
 def run_logs():
-    """The messages of Prefect's flow- and task-run loggers (Prefect configures logging on its
-    first run in a process, which takes caplog's handler off the root logger)."""
+    """The messages of Prefect's flow- and task-run loggers and heft's event lines (Prefect
+    configures logging on its first run in a process, which takes caplog's handler off the root
+    logger)."""
     import logging
 
     from prefect.logging.configuration import ensure_logging_setup
@@ -138,7 +139,7 @@ def run_logs():
         def emit(self, record):
             kept.append(record.getMessage())
     handler = Keep(level=logging.INFO)
-    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
+    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs", "heft.events")]
     for logger in loggers:
         logger.addHandler(handler)
     yield kept

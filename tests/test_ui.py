@@ -1,9 +1,13 @@
 """The MLflow and Prefect pages a researcher opens, checked in a real browser (Debian's
-Chromium, driven by Playwright; loopback only, servers stopped afterwards).  A finished ReFT
-layer grid on the tiny Llama; the grid's MLflow page names the best cell and its accuracy, the
-compare page of the cells lists reft.layer as the param that differs and the held-out accuracy,
-and the Prefect UI shows readable flow-run and task-run names and the link to MLflow.
-Screenshots are kept in the test's temporary folder."""
+Chromium, driven by Playwright; loopback only, servers stopped afterwards).  A finished grid on
+the tiny Llama (HEFT and ReFT-only at three ReFT layers), registered; the grid's MLflow page
+names the best cell and its accuracy; the experiment page opened from the link heft prints
+shows the cells' held-out accuracy sorted by validation accuracy without a click; the compare
+page of the cells lists reft.layer as the param that differs and the held-out accuracy, and
+shows no LoRA epochs for a ReFT-only cell; the registered version's description names the model
+and its held-out accuracy; the Prefect UI shows readable flow-run and task-run names and the
+link to MLflow.  Screenshots are kept in the test's temporary folder (HEFT_UI_SHOTS: a folder
+to copy them to)."""
 from __future__ import annotations
 
 import json
@@ -67,10 +71,11 @@ def servers(tmp_path_factory, tiny_llama, keyword_data):
                 "preset=deployments/stories-boolq.yaml", f"model.name={tiny_llama}", "model.max_length=32",
                 f"data.source={keyword_data}", "data.holdout_size=60", "data.valid_size=40",
                 "data.max_train=240", "lora.lr=1e-2", "reft.lr=1e-2", "lora.epochs=1", "reft.epochs=1",
-                "axes={reft.layer: [0, 1, 2]}", f"artifact_root={tmp}/art", f"tracking_uri={db}"]
+                "cells=[{label: HEFT}, {label: ReFT-only, mode: reft-only}]", "axes={reft.layer: [0, 1, 2]}",
+                f"artifact_root={tmp}/art", f"tracking_uri={db}", "--register", "heft-ui"]
         run = subprocess.run(grid, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        # the links heft prints at the end of a grid (through Prefect's log_prints: stderr)
+        # the links heft prints at the end of a grid
         links = dict(re.findall(r"(MLflow [a-z ]+): (http\S+)", run.stdout + run.stderr))
         # the MLflow store is created by the grid; the server reads it afterwards
         mlflow = [str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
@@ -84,6 +89,9 @@ def servers(tmp_path_factory, tiny_llama, keyword_data):
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=60)
+        if os.environ.get("HEFT_UI_SHOTS"):
+            for shot in tmp.glob("*.png"):
+                shutil.copy(shot, os.environ["HEFT_UI_SHOTS"])
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +115,7 @@ def mlflow_runs(servers) -> tuple[str, dict, list]:
 def page_text(browser, url: str, expect: str, shot: Path, plot: list | None = None) -> str:
     """The page's text once ``expect`` shows; ``plot`` receives the texts of its SVG charts
     (axis titles), which inner_text does not return."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page = browser.new_page(viewport={"width": 1900, "height": 1000})
     page.goto(url)
     try:
         page.get_by_text(expect, exact=False).first.wait_for(timeout=90_000)
@@ -137,6 +145,30 @@ def test_mlflow_grid_page_names_the_best_cell_and_its_accuracy(servers, browser)
     assert "Judges" not in text and "Prompts" not in text, text[:600]
 
 
+def test_the_printed_link_opens_the_cells_sorted_by_validation_with_their_heldout_accuracy(servers, browser):
+    """No click: the saved view (heft/tracking/views.py) is applied by the link heft prints."""
+    exp, grid, cells = mlflow_runs(servers)
+    url = servers["links"]["MLflow cells by validation accuracy"]
+    assert url.startswith(f"{servers['mlflow']}/#/experiments/{exp}/runs?") and "viewStateShareKey=" in url
+    page = browser.new_page(viewport={"width": 1900, "height": 1000})
+    page.goto(url)
+    shot = servers["tmp"] / "mlflow-cells.png"
+    try:
+        page.get_by_text("Sort: valid_accuracy").first.wait_for(timeout=90_000)
+        page.get_by_role("columnheader", name="heldout_accuracy").first.wait_for(timeout=30_000)
+        page.get_by_text(cells[0].info.run_name).first.wait_for(timeout=30_000)
+    finally:
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shot), full_page=True)
+    # the rows in the page's order: the cells, best validation accuracy first
+    shown = [n for n in page.locator("a").all_inner_texts() if n in {c.info.run_name for c in cells}]
+    page.close()
+    ranked = sorted(cells, key=lambda c: -c.data.metrics["valid_accuracy"])
+    assert len(shown) == len(cells), shown
+    assert [next(c for c in cells if c.info.run_name == n).data.metrics["valid_accuracy"] for n in shown] == \
+        [c.data.metrics["valid_accuracy"] for c in ranked], shown
+
+
 def test_mlflow_compare_page_shows_the_differing_param_and_the_heldout_metric(servers, browser):
     exp, grid, cells = mlflow_runs(servers)
     url = servers["links"]["MLflow compare view of the cells"]
@@ -144,10 +176,56 @@ def test_mlflow_compare_page_shows_the_differing_param_and_the_heldout_metric(se
     plot: list[str] = []
     text = page_text(browser, url, "reft.layer", servers["tmp"] / "mlflow-compare.png", plot)
     assert "reft.layer" in text and "heldout_accuracy" in text
-    # the parallel-coordinates plot's axes: the differing param against the held-out accuracy
-    # (MLflow plots the first metric the runs share; a system metric there draws a flat line)
-    assert "reft.layer" in plot and "heldout_accuracy" in plot, plot
+    # the parallel-coordinates plot's metric: the held-out accuracy (MLflow plots the first metric
+    # the runs share; a system metric there draws a flat line).  Its params are the first three
+    # that differ, by name: here lora.*, '-' on the ReFT-only cells; the grid's own chart view
+    # (next test) plots what the grid varies.
+    assert "heldout_accuracy" in plot, plot
     assert {c.data.params["reft.layer"] for c in cells} == {"0", "1", "2"}
+
+
+def test_the_chart_view_plots_what_the_grid_varies_against_the_accuracies(servers, browser):
+    url = servers["links"]["MLflow charts of the cells"]
+    assert "compareRunsMode=CHART" in url and "viewStateShareKey=" in url
+    plot: list[str] = []
+    text = page_text(browser, url, "heft: the grid's cells", servers["tmp"] / "mlflow-charts.png", plot)
+    # one parallel-coordinates chart: the ReFT layer and the LoRA epochs trained (0 for ReFT-only),
+    # then validation and held-out accuracy; dot plots of the held-out accuracy against each
+    assert {"reft.layer", "lora_epochs", "valid_accuracy", "heldout_accuracy"} <= set(plot), plot
+    assert "reft.layer vs. heldout_accuracy" in text and "valid_accuracy vs. heldout_accuracy" in text
+    assert "Model metrics" not in text  # no generated bar chart per metric
+
+
+def test_the_compare_page_shows_no_lora_epochs_on_a_reft_only_cell(servers, browser):
+    exp, grid, cells = mlflow_runs(servers)
+    reft_only = [c for c in cells if c.data.tags["heft.method"] == "reft-only"]
+    assert len(reft_only) == 3 and all(c.data.params["lora.epochs"] == "-" for c in reft_only)
+    page = browser.new_page(viewport={"width": 1900, "height": 1200})
+    page.goto(servers["links"]["MLflow compare view of the cells"])
+    row = page.locator("tr", has_text="lora.epochs").first
+    row.wait_for(timeout=90_000)
+    row.scroll_into_view_if_needed()
+    heads = page.locator("thead tr").first.inner_text()
+    values = row.inner_text().split("\t")
+    page.screenshot(path=str(servers["tmp"] / "mlflow-compare-lora-epochs.png"))
+    page.close()
+    # one value per cell, in the page's column order: '-' under every ReFT-only cell, 1 under HEFT
+    assert values[0].strip() == "lora.epochs" and len(values) == 1 + len(cells), (heads, values)
+    assert sorted(v.strip() for v in values[1:]) == ["-", "-", "-", "1", "1", "1"], values
+
+
+def test_the_registered_version_says_which_model_and_its_heldout_accuracy(servers, browser):
+    from mlflow import MlflowClient
+    exp, grid, cells = mlflow_runs(servers)
+    client = MlflowClient(servers["db"], registry_uri=servers["db"])
+    version = client.get_model_version_by_alias("heft-ui", "champion")
+    cell = next(c for c in cells if c.info.run_id == version.run_id)  # the version points at the cell
+    accuracy = f"held-out {cell.data.metrics['heldout_accuracy']:.2%}"
+    text = page_text(browser, f"{servers['mlflow']}/#/models/heft-ui/versions/{version.version}", accuracy,
+                     servers["tmp"] / "mlflow-registry.png")
+    line = next(ln for ln in text.splitlines() if accuracy in ln)
+    assert line.startswith("tiny-llama") and " · task keyword" in line, line  # model and task
+    assert cell.data.tags["heft.cell"] in line and "majority rate" in line
 
 
 def test_prefect_ui_shows_readable_names_and_the_mlflow_link(servers, browser):

@@ -13,13 +13,14 @@ runs: the plan's lower bound, against which a measured parallel run is compared.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 
 from heft.config import ConfigError
 from heft.fingerprints import Fingerprints
 from heft.grids.spec import Cell
-from heft.plan import Plan, Step, plan
+from heft.plan import Plan, Step, plan, titled
 from heft.run.validate import validate
 from heft.store.artifacts import ArtifactStore
 
@@ -63,12 +64,29 @@ class GridPlan:
 
     @classmethod
     def of(cls, cells: list[Cell], plans: list[Plan]) -> "GridPlan":
+        """The unique steps of the cells' plans, each named by what tells it apart in this grid
+        (``named``); the plans are given those same steps."""
         grid = cls(cells, plans)
         for i, planned in enumerate(plans):
             for step in planned.steps:
                 grid.steps.setdefault(step.key, step)
                 grid.users.setdefault(step.key, []).append(i)
+        grid.steps = grid.named()
+        grid.plans = [Plan(p.config, tuple(grid.steps[s.key] for s in p.steps)) for p in plans]
         return grid
+
+    def named(self) -> dict[str, Step]:
+        """The steps with the details that tell them apart here: a training step by the fields
+        its stage's steps differ in (and its seed: 'reft · layer=1 · seed=0'), an evaluation by
+        its cell ('evaluate:heft · HEFT layer=1 seed=0'), or by what it scores when cells share it."""
+        varied = {}
+        for stage in ("lora", "reft"):
+            configs = [s.config for s in self.steps.values() if s.stage == stage]
+            varied[stage] = tuple(f.name for f in dataclasses.fields(configs[0]) if f.name != "seed"
+                                  and len({repr(getattr(c, f.name)) for c in configs}) > 1) if configs else ()
+        cells = {k: self.cells[users[0]].run_name for k, users in self.users.items()
+                 if len(users) == 1 and self.steps[k].stage == "evaluate"}
+        return titled(list(self.steps.values()), varied, cells)
 
     def children(self, key: str) -> list[Step]:
         return [s for s in self.steps.values() if s.parent_key == key]
@@ -142,3 +160,35 @@ class GridPlan:
                                                         f"{self.simulate(costs, w):.0f} s"
                                                         for w in (1, 2, 4, 8)))
         return lines
+
+
+class Eta:
+    """A running grid's time left: the plan's prediction for the steps not done yet (``simulate``
+    on the grid's workers), scaled by how long the steps built so far took against their
+    prediction (the per-row costs are MiniLM's on 2 cores; another model or machine differs by
+    a factor, which the first built steps measure).  None until the data step has given the
+    row counts."""
+
+    def __init__(self, steps: list[Step], built: set[str], workers: int) -> None:
+        self.grid = GridPlan([], [], {s.key: s for s in steps})
+        self.built, self.workers = set(built), max(1, workers)
+        self.costs: dict[str, float] | None = None
+        self.finished: set[str] = set()
+        self.predicted = self.measured = 0.0
+
+    def done(self, step: Step, seconds: float | None, metrics: dict) -> None:
+        """``step`` finished; ``seconds`` it took when it was built here (None: found built)."""
+        if step.stage == "data" and self.costs is None:
+            rows = {s: int(metrics.get(f"n_{s}", 0)) for s in ("train", "valid", "eval")}
+            self.costs = self.grid.costs(rows, self.built)
+        self.finished.add(step.key)
+        if self.costs is not None and seconds is not None and step.key not in self.built:
+            self.predicted += self.costs[step.key]
+            self.measured += seconds
+
+    def left(self) -> float | None:
+        if self.costs is None:
+            return None
+        remaining = {k: 0.0 if k in self.finished else c for k, c in self.costs.items()}
+        speed = self.measured / self.predicted if self.predicted > 5.0 else 1.0
+        return self.grid.simulate(remaining, self.workers) * speed

@@ -1,7 +1,8 @@
 """The grid report's plots: drawn only where their x axis varies, axes that start where the
-data is (not at 0: 61.1 and 61.6% must not look alike), error bars from each row's 95%
-interval, the held-out majority rate as a reference line, and the best cell (by validation
-accuracy) marked."""
+data is (not at 0: 61.1 and 61.6% must not look alike), dots with whiskers for each row's 95%
+interval (never bars: on an axis that starts near 56% a bar's length means nothing), the
+held-out majority rate as a reference line, and the best cell (by validation accuracy) marked
+with a ★ where its dot is."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +37,11 @@ def limits(values: list[float], pad: float = 0.15) -> tuple[float, float]:
     return lo - pad * span, hi + pad * span
 
 
+def name(row: dict) -> str:
+    """A row as the report names it ('HEFT 20+20 (x0.1 = 2+2)')."""
+    return row.get("title") or row["label"]
+
+
 def _errors(rows: list[dict]) -> list[list[float]]:
     # clamped at 0: at 100% accuracy the interval's upper end rounds a hair below the mean
     return [[max(0.0, 100 * (r["mean"] - r["ci95_low"])) for r in rows],
@@ -50,16 +56,17 @@ def plot_epochs(rows: list[dict], path: Path, best: dict | None = None) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for i, method in enumerate(methods):
+    # small offsets: methods at one x stay visible (the ★ takes its method's offset too)
+    offset = {m: 0.06 * (i - (len(methods) - 1) / 2) for i, m in enumerate(methods)}
+    for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        dx = 0.06 * (i - (len(methods) - 1) / 2)  # small offsets: methods at one x stay visible
-        ax.errorbar([r["total_epochs"] + dx for r in mine], [100 * r["mean"] for r in mine],
+        ax.errorbar([r["total_epochs"] + offset[method] for r in mine], [100 * r["mean"] for r in mine],
                     yerr=_errors(mine), fmt="o", capsize=3, alpha=0.8, label=MODES[method].title)
     majority = 100 * rows[0]["majority_rate"]
     ax.axhline(majority, color="grey", ls="--", lw=1, label="held-out majority rate")
     if best:
-        ax.plot([best["total_epochs"]], [100 * best["mean"]], marker="*", ms=16, color="gold", mec="black",
-                ls="none", label=f"best by validation: {best['label']}")
+        ax.plot([best["total_epochs"] + offset[best["method"]]], [100 * best["mean"]], marker="*", ms=16,
+                color="gold", mec="black", ls="none", label=f"best by validation: {name(best)}")
     ax.set_ylim(*limits([100 * r["ci95_low"] for r in rows] + [100 * r["ci95_high"] for r in rows]
                         + [majority]))
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -79,8 +86,9 @@ def ablation_axes(spec: GridSpec) -> list[str]:
 
 
 def plot_ablation(rows: list[dict], axes: list[str], path: Path, best: dict | None = None) -> bool:
-    """Heatmap over the first two varying axes (e.g. ReFT layer x low-rank dimension), or bars
-    with 95% intervals for one axis.  False (no plot) when a pair of values maps to several rows."""
+    """Heatmap over the first two varying axes (e.g. ReFT layer x low-rank dimension), its values
+    printed in the cells, or for one axis a dot plot with 95% interval whiskers.  False (no plot)
+    when a pair of values maps to several rows."""
     if not axes:
         return False
     ykey, xkey = axes[0], axes[1] if len(axes) > 1 else None
@@ -93,10 +101,19 @@ def plot_ablation(rows: list[dict], axes: list[str], path: Path, best: dict | No
     majority = 100 * rows[0]["majority_rate"]
     if xkey is None:
         ordered = [by[(y, None)] for y in ys]
-        colors = ["gold" if r is best else "tab:blue" for r in ordered]
-        bars = ax.bar([str(y) for y in ys], [100 * r["mean"] for r in ordered], yerr=_errors(ordered),
-                      capsize=4, color=colors, edgecolor="black")
-        ax.bar_label(bars, fmt="%.1f", padding=6)
+        xs = range(len(ys))
+        means = [100 * r["mean"] for r in ordered]
+        ax.errorbar(xs, means, yerr=_errors(ordered), fmt="o", ms=7, capsize=5, color="tab:blue",
+                    label="held-out accuracy, 95% interval")
+        for x, mean in zip(xs, means):
+            ax.annotate(f"{mean:.1f}", (x, mean), textcoords="offset points", xytext=(9, 0), va="center",
+                        fontsize=8)
+        if best is not None and best in ordered:
+            i = ordered.index(best)
+            ax.plot([i], [means[i]], marker="*", ms=16, color="gold", mec="black", ls="none",
+                    label="best by validation")
+        ax.set_xticks(list(xs), [str(y) for y in ys])
+        ax.set_xlim(-0.5, len(ys) - 0.5)
         ax.axhline(majority, color="grey", ls="--", lw=1, label="held-out majority rate")
         ax.set_ylim(*limits([100 * r["ci95_low"] for r in ordered] + [100 * r["ci95_high"] for r in ordered]
                             + [majority], pad=0.25))
@@ -120,8 +137,8 @@ def plot_ablation(rows: list[dict], axes: list[str], path: Path, best: dict | No
         ax.set_xlabel(xkey)
         ax.set_ylabel(ykey)
         fig.colorbar(im, ax=ax, label=f"held-out accuracy (%); majority {majority:.1f}")
-    ax.set_title("ablation: held-out accuracy"
-                 + (f" (★ best by validation: {best['label']})" if best else ""), fontsize=9)
+    ax.set_title("ablation: held-out accuracy" + (f" (★ best by validation: {name(best)})" if best else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

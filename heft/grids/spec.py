@@ -85,6 +85,12 @@ class Cell:
     seed: int
     config: RunConfig
     settings: dict  # what this cell sets (dotted keys), layer fractions resolved to layers
+    scaled: str = ""  # with an epoch scale: what the cell trains, 'x0.1 = 2+2' (the label keeps 20+20)
+
+    @property
+    def title(self) -> str:
+        """The label as reports and run names show it: 'HEFT 20+20 (x0.1 = 2+2)' when scaled."""
+        return f"{self.label} ({self.scaled})" if self.scaled else self.label
 
     @property
     def method(self) -> str:
@@ -104,12 +110,13 @@ class Cell:
 
     @property
     def run_name(self) -> str:
-        return f"{self.label} seed={self.seed}"
+        return f"{self.title} seed={self.seed}"
 
-    def mlflow_tags(self, grid_name: str) -> dict[str, str]:
-        """The tags of the cell's MLflow run, wherever it runs (a thread, a work pool)."""
+    def mlflow_tags(self, grid_name: str, grid_run: str = "") -> dict[str, str]:
+        """The tags of the cell's MLflow run, wherever it runs (a thread, a work pool);
+        ``grid_run``: the grid's MLflow run (its saved view shows the runs tagged with it)."""
         return {"heft.grid": grid_name, "heft.cell": self.label, "heft.method": self.method,
-                "heft.seed": str(self.seed)}
+                "heft.seed": str(self.seed), **({"heft.grid_run": grid_run} if grid_run else {})}
 
 
 def load_grid(path: str, overrides: list[str] = ()) -> GridSpec:
@@ -143,6 +150,14 @@ def load_grid(path: str, overrides: list[str] = ()) -> GridSpec:
 
 def _scaled(epochs: int, scale: float) -> int:
     return 0 if epochs == 0 else max(1, round(epochs * scale))
+
+
+def _scaled_note(cfg: RunConfig, scale: float) -> str:
+    """'x0.1 = 2+2': the epochs a scaled cell trains, in chain order ('' unscaled or untrained)."""
+    trained = trained_epochs(cfg)
+    if scale == 1 or not trained:
+        return ""
+    return f"x{scale:g} = " + "+".join(str(e) for e in trained.values())
 
 
 def _canonical_mode(values: dict) -> str:
@@ -201,7 +216,7 @@ def expand(spec: GridSpec, depth_of=None) -> list[Cell]:
                 seen.add(identity)
                 label = _label(cell, axis_settings, settings)
                 out.append(Cell(label, cfg.lora.seed if seed is None else seed,
-                                cfg, settings))
+                                cfg, settings, _scaled_note(cfg, spec.epoch_scale)))
     return out
 
 
@@ -220,5 +235,5 @@ def cell_identity(cfg: RunConfig) -> str:
 def spec_dict(spec: GridSpec, cells: list[Cell]) -> dict[str, Any]:
     """The grid as logged to MLflow (grid.yaml): the spec and every resolved cell."""
     return {"spec": dataclasses.asdict(spec) | {"axes": {k: list(v) for k, v in spec.axes}},
-            "cells": [{"label": c.label, "seed": c.seed, "method": c.method, "epochs": c.epochs,
-                       "settings": c.settings} for c in cells]}
+            "cells": [{"label": c.label, "title": c.title, "seed": c.seed, "method": c.method,
+                       "epochs": c.epochs, "settings": c.settings} for c in cells]}

@@ -127,19 +127,89 @@ def requirements() -> list[str]:
     return out
 
 
-def register(name: str, run_id: str, tracking_uri: str, tags: dict, alias: str = "champion") -> str:
-    """A new version of registered model ``name`` from the run's logged model, under ``alias``."""
+def task_name(cfg) -> str:
+    """The task a model answers, for its registry description: the run config's ``task.name``
+    where the config has a task section, else where its data came from ('boolq/validation.jsonl',
+    'google/boolq')."""
+    named = getattr(getattr(cfg, "task", None), "name", "")
+    if named:
+        return str(named)
+    return "/".join(cfg.data.source.rstrip("/").split("/")[-2:])
+
+
+def version_description(cfg, title: str, method: str, valid: float | None, valid_rows: int, heldout: dict,
+                        constant: str | None = None) -> str:
+    """One line: model, task, method, validation, held-out with its interval, majority rate."""
+    model = cfg.model.name.rstrip("/").rsplit("/", 1)[-1]
+    parts = [model, f"task {task_name(cfg)}", f"{title} ({method})"]
+    if valid is not None:
+        parts.append(f"validation {valid:.2%}" + (f" of {valid_rows} rows" if valid_rows else ""))
+    m = heldout
+    parts += [f"held-out {m['accuracy']:.2%} (95% CI {m['ci95_low']:.2%}-{m['ci95_high']:.2%}, n={m['n']})",
+              f"majority rate {m['majority_rate']:.2%}"]
+    if constant:
+        parts.append(f"constant predictor: always '{constant}'")
+    return " · ".join(parts)
+
+
+def _logged_model(client, model_uri: str) -> tuple[str, str | None]:
+    """(source, model id) of a model URI: runs:/<run>/model becomes that run's LoggedModel
+    (models:/m-...), where MLflow 3 keeps the files; anything else is taken as it is."""
+    if not model_uri.startswith("runs:/"):
+        return model_uri, None
+    run_id, name = model_uri.removeprefix("runs:/").split("/", 1)
+    run = client.get_run(run_id)
+    found = client.search_logged_models([run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+    if not found:
+        return model_uri, None
+    return f"models:/{found[0].model_id}", found[0].model_id
+
+
+def current_champion(client, name: str, alias: str = "champion") -> dict | None:
+    """{'version', 'valid', 'data_key'} of the version holding ``alias``, or None.  The
+    validation accuracy is its run's ``valid_accuracy`` metric; the data key its tag, else its
+    run's (a version registered before heft tagged it: the run's dataset digest)."""
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except Exception:  # noqa: BLE001 - no such alias (or model) yet
+        return None
+    valid, data_key = None, version.tags.get("heft.data.key", "")
+    if version.run_id:
+        run = client.get_run(version.run_id)
+        valid = run.data.metrics.get("valid_accuracy")
+        data_key = data_key or run.data.tags.get("heft.data.key", "")
+        if not data_key and run.inputs and run.inputs.dataset_inputs:
+            data_key = run.inputs.dataset_inputs[0].dataset.digest
+    return {"version": str(version.version), "valid": valid, "data_key": data_key}
+
+
+def register(name: str, model_uri: str, run_id: str, tracking_uri: str, tags: dict, description: str,
+             valid: float, data_key: str) -> dict:
+    """A new version of registered model ``name`` holding the model at ``model_uri``, linked to
+    run ``run_id`` (the grid cell it was chosen as), with ``description`` and ``tags``.  It takes
+    the alias 'champion' only when it beats the current champion on the same data
+    (heft/grids/verdict.py ``challenge``), else 'challenger'.  Returns {'version', 'alias',
+    'why', 'previous'}."""
     import mlflow
     from mlflow import MlflowClient
+
+    from heft.grids.verdict import challenge
+    mlflow.set_tracking_uri(tracking_uri)  # the registry's store looks a models:/ source up there
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         client.get_registered_model(name)
     except Exception:  # noqa: BLE001 - RESOURCE_DOES_NOT_EXIST
-        client.create_registered_model(name, description="HEFT models registered by heft grids")
-    # register_model turns runs:/<id>/model into the run's LoggedModel (models:/m-...), which is
-    # where MLflow 3 keeps the files; a version with a runs:/ source cannot be served
-    version = mlflow.register_model(f"runs:/{run_id}/model", name,
-                                    tags={k: str(v)[:5000] for k, v in tags.items()})
+        client.create_registered_model(name, description="HEFT models registered by heft grids; alias "
+                                                          "champion: the best by validation accuracy")
+    previous = current_champion(client, name)
+    alias, why = challenge(valid, data_key, previous)
+    source, model_id = _logged_model(client, model_uri)
+    version = client.create_model_version(name, source, run_id=run_id, description=description,
+                                          tags={**{k: str(v)[:5000] for k, v in tags.items()},
+                                                "heft.alias_given": alias, "heft.alias_why": why},
+                                          model_id=model_id)
     client.set_registered_model_alias(name, alias, version.version)
-    return version.version
+    return {"version": str(version.version), "alias": alias, "why": why,
+            "previous": previous["version"] if previous else None}

@@ -141,14 +141,17 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device
+    progress.start(resumed * steps_per_epoch)
     with intervention.attached(layers) if intervention else nullcontext(), \
             adapters_follow_autocast(model, precision):
         for epoch in range(resumed + 1, cfg.epochs + 1):
             model.train()
             start, tally = time.perf_counter(), LossTally(dev)
             batches = train_batches(train_enc, cfg.batch_size, cfg.seed, epoch)
-            # disable=None: a bar on a terminal, none in log files and CI (one line per epoch below)
-            bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+            # disable=None: a bar on a terminal; in log files and CI none, and the progress's
+            # step lines instead (every N steps and at least once a minute, heft/progress.py)
+            bar = tqdm(batches, desc=f"{progress.label or desc} epoch {epoch}/{cfg.epochs}", unit="batch",
+                       leave=False,
                        disable=None)
             mean, multiple = math.nan, BUCKET if cfg.compile else 1
             with compiled_blocks(compilable(model, intervention), cfg.compile):  # the steps, not validation
@@ -174,8 +177,8 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
                                 f"{desc}: loss is {bad} at epoch {epoch} step {bad_step}")
                         bar.set_postfix(loss=f"{mean:.4f}")
                         lr = scheduler.get_last_lr()[0]
-                        progress.step(global_step, {"train_loss_step": last, "learning_rate": lr},
-                                      steps_per_epoch)
+                        progress.step(global_step, {"train_loss_step": last, "learning_rate": lr,
+                                                    "train_loss_epoch": mean}, steps_per_epoch, cfg.epochs)
             seconds = time.perf_counter() - start
             seen = tally.rows
             metrics = {"train_loss": mean, "epoch_seconds": seconds,

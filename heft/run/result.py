@@ -37,6 +37,8 @@ class RunResult:
     model: dict = field(default_factory=dict)  # {'uri': 'runs:/...', 'key': <evaluation key>, 'logged'}
     seconds: float = 0.0                 # wall seconds of the steps this run built
     flow_run_id: str = ""
+    validation_rows: int = 0             # the rows validation_accuracy is measured on
+    data_key: str = ""                   # the data artifact: what the validation rows are
 
     @property
     def accuracy(self) -> float:
@@ -73,9 +75,12 @@ def built_seconds(artifacts: dict[str, Artifact], rows: list[StageRow]) -> float
 def run_result(the_plan: Plan, artifacts: dict[str, Artifact], rows: list[StageRow], **extra) -> RunResult:
     """The result of a run of ``the_plan`` whose steps gave ``artifacts`` ({step name: artifact},
     in plan order) as ``rows`` say; ``extra``: mlflow_run_id, model, flow_run_id."""
+    data = artifacts.get("data")
     return RunResult(results=evaluation_results(the_plan, artifacts), final=the_plan.mode.final,
                      stages=tuple(rows), validation_accuracy=validation_accuracy(the_plan, artifacts),
-                     seconds=built_seconds(artifacts, rows), **extra)
+                     seconds=built_seconds(artifacts, rows),
+                     validation_rows=int(data.metrics.get("n_valid", 0)) if data else 0,
+                     data_key=data.key if data else "", **extra)
 
 
 def summary(the_plan: Plan, artifacts: dict[str, Artifact]) -> str:

@@ -4,8 +4,8 @@ One ``MlflowClient`` per store and process.  A new experiment gets an explicit a
 location beside a local sqlite store (otherwise MLflow puts artifacts in ./mlruns of whichever
 folder created the database) and is marked for model training: the ``mlflow.experimentKind``
 tag, the default chart metric, and a saved run-list view whose columns are the held-out and
-validation accuracies (MLflow's OSS UI opens in its GenAI view by default; the view link
-``?workflowType=machine_learning&viewStateShareKey=heft`` opens the classic one).
+validation accuracies (heft/tracking/views.py; MLflow's OSS UI opens in its GenAI view by
+default, every link heft prints carries ``workflowType=machine_learning``).
 
 ``call`` retries MLflow requests (a locked sqlite file, a restarting server) with backoff;
 ``soft`` does the same and then warns instead of raising, for the per-step and per-epoch
@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from heft.tracking import views
+
 log = logging.getLogger(__name__)
 _CLIENTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 ATTEMPTS, BACKOFF = 4, (0.5, 2.0, 5.0)
-VIEW_COLUMNS = ["metrics.`heldout_accuracy`", "metrics.`heldout_ci95_low`", "metrics.`heldout_ci95_high`",
-                "metrics.`valid_accuracy`", "metrics.`heldout_majority_rate`", "params.`mode`",
-                "params.`reft.layer`", "params.`reft.rank`", "params.`lora.rank`", "params.`lora.epochs`",
-                "params.`reft.epochs`", "params.`seed`"]
+_VIEWED: set[tuple[str, str]] = set()  # experiments whose saved view this process has checked
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -79,27 +78,35 @@ def soft(fn: Callable, *args, what: str = "MLflow logging", **kwargs) -> None:
 
 
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
-    """Get or create the experiment (see the module docstring for what a new one gets)."""
+    """Get or create the experiment (see the module docstring for what a new one gets); an
+    experiment whose saved view is missing or outdated gets the current one."""
     c = client(uri)
     exp = call(c.get_experiment_by_name, name, what="read experiment")
-    if exp is not None:
-        return exp.experiment_id
-    db = sqlite_path(uri)
-    if artifact_location is None and db is not None:
-        artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
-    try:
-        exp_id = c.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # noqa: BLE001 - created by a concurrent run in the meantime
-        return c.get_experiment_by_name(name).experiment_id
-    now = int(time.time() * 1000)
-    view = {"name": "heft: accuracies", "createdAt": now, "updatedAt": now,
-            "state": json.dumps({"selectedColumns": VIEW_COLUMNS, "orderByKey": "metrics.`valid_accuracy`",
-                                 "orderByAsc": False})}
-    for key, value in {"mlflow.experimentKind": "custom_model_development",
-                       "mlflow.experiment.primaryMetric.name": "heldout_accuracy",
-                       "mlflow.sharedViewState.heft": json.dumps(view)}.items():
-        c.set_experiment_tag(exp_id, key, value)
-    return exp_id
+    if exp is None:
+        db = sqlite_path(uri)
+        if artifact_location is None and db is not None:
+            artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
+        try:
+            exp_id = c.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # noqa: BLE001 - created by a concurrent run in the meantime
+            return c.get_experiment_by_name(name).experiment_id
+        for key, value in {"mlflow.experimentKind": "custom_model_development",
+                           "mlflow.experiment.primaryMetric.name": "heldout_accuracy"}.items():
+            c.set_experiment_tag(exp_id, key, value)
+        exp = c.get_experiment(exp_id)
+    if (uri, exp.experiment_id) not in _VIEWED:
+        _VIEWED.add((uri, exp.experiment_id))
+        save_view(uri, exp.experiment_id, views.EXPERIMENT_VIEW, "heft: accuracies", views.accuracies_view(),
+                  stored=exp.tags.get(views.PREFIX + views.EXPERIMENT_VIEW))
+    return exp.experiment_id
+
+
+def save_view(uri: str, experiment: str, key: str, name: str, state: dict, stored: str | None = None) -> None:
+    """Saved view ``key`` of the experiment page (heft/tracking/views.py), written unless
+    ``stored`` holds it already.  Soft: a page without its view is no reason to fail a run."""
+    if not views.same_view(stored, state):
+        soft(client(uri).set_experiment_tag, experiment, views.PREFIX + key, views.envelope(name, state),
+             what="save the experiment page's view")
 
 
 def open_existing_store(uri: str) -> None:
@@ -133,7 +140,7 @@ def probe(uri: str) -> None:
 # MLflow 3.x's UI picks its GenAI or model-training view from this URL parameter (or the
 # browser's last choice), not from the experiment's mlflow.experimentKind tag: every address
 # heft hands out carries it, so a link opens on runs, metrics and models, not on traces.
-TRAINING_VIEW = "workflowType=machine_learning"
+TRAINING_VIEW = views.TRAINING_VIEW
 
 
 def _ui_base(uri: str) -> str:
@@ -145,9 +152,15 @@ def _ui_base(uri: str) -> str:
 
 
 def ui_url(uri: str, experiment: str, run_id: str = "") -> str:
-    """The MLflow UI page of an experiment or run."""
-    page = f"{_ui_base(uri)}/#/experiments/{experiment}"
-    return f"{page}/runs/{run_id}?{TRAINING_VIEW}" if run_id else f"{page}?{TRAINING_VIEW}"
+    """The MLflow UI page of a run, or of an experiment's runs opened on its accuracies view."""
+    if not run_id:
+        return views.view_url(_ui_base(uri), experiment, views.EXPERIMENT_VIEW)
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def view_url(uri: str, experiment: str, key: str, charts: bool = False) -> str:
+    """The runs page of an experiment opened on saved view ``key`` (heft/tracking/views.py)."""
+    return views.view_url(_ui_base(uri), experiment, key, charts)
 
 
 def compare_url(uri: str, experiment: str, run_ids: list[str]) -> str:

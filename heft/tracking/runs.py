@@ -40,6 +40,7 @@ class Tracker:
     uri: str
     experiment_id: str
     run_id: str = ""
+    started_ms: int = 0  # when the run was created (epoch ms): a run closed with ``seconds`` ends then
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, params: dict[str, Any],
@@ -48,8 +49,10 @@ class Tracker:
         all_tags = {**process_tags(), **(tags or {})}  # which process: a run it left RUNNING is closed later
         if parent:
             all_tags[PARENT_TAG] = parent.run_id
-        run = call(client(uri).create_run, exp, run_name=run_name, tags=all_tags, what="create run")
-        tracker = cls(uri, exp, run.info.run_id)
+        now = int(time.time() * 1000)
+        run = call(client(uri).create_run, exp, start_time=now, run_name=run_name, tags=all_tags,
+                   what="create run")
+        tracker = cls(uri, exp, run.info.run_id, now)
         tracker.log_params(params)
         return tracker
 
@@ -123,13 +126,24 @@ class Tracker:
                 soft(c.log_artifacts, self.run_id, str(path), artifact_path="heft/adapter",
                      what="upload files")
 
+    def log_image(self, path: Path, key: str) -> None:
+        """A PNG as an MLflow image of this run under ``key`` (an experiment page's image charts
+        show it).  Soft: a chart without its picture is no reason to fail a run."""
+        from PIL import Image
+        with Image.open(path) as image:
+            soft(client(self.uri).log_image, self.run_id, image.convert("RGB"), key=key, step=0,
+                 what="log image")
+
     def log_files(self, paths: list[Path], artifact_path: str = "") -> None:
         for path in paths:
             soft(client(self.uri).log_artifact, self.run_id, str(path), artifact_path=artifact_path or None,
                  what="upload files")
 
-    def finish(self, status: str = "FINISHED") -> None:
-        call(client(self.uri).set_terminated, self.run_id, status=status, what="close run")
+    def finish(self, status: str = "FINISHED", seconds: float | None = None) -> None:
+        """Close the run; with ``seconds`` it ends that long after it started (MLflow's Duration),
+        for a run opened before its work could start (a grid opens every run up front)."""
+        end = self.started_ms + int(1000 * seconds) if seconds is not None and self.started_ms else None
+        call(client(self.uri).set_terminated, self.run_id, status=status, end_time=end, what="close run")
 
     def close_if_open(self, status: str) -> bool:
         """Close the run with ``status`` unless it is closed already (a stage that finished keeps

@@ -15,7 +15,10 @@ PIPELINE = {
     "heldout_majority_rate": "accuracy of always giving the held-out majority answer",
     "heldout_accuracy_{evaluation}": "held-out accuracy of an intermediate model of the run",
     "valid_accuracy": "validation accuracy of the final model (what model selection reads)",
+    "heldout_predicted_true_rate": "share of held-out rows the final model answered 'true' (0, 1: constant)",
     "total_epochs": "LoRA + ReFT epochs the run trained",
+    "lora_epochs": "LoRA epochs the run trained (0: no LoRA stage)",
+    "reft_epochs": "ReFT epochs the run trained (0: no ReFT stage)",
 }
 TRAINING = {  # lora and reft stage runs; the step axis is optimizer steps
     "train_loss": "training loss of one optimizer step (every N steps)",
@@ -48,6 +51,7 @@ GRID = {
     "best_valid_accuracy": "validation accuracy of the best cell (chosen by it)",
     "best_heldout_accuracy": "held-out accuracy of that cell",
     "best_heldout_minus_majority": "its held-out accuracy minus the held-out majority rate",
+    "best_valid_margin": "its validation accuracy minus the runner-up's (0: a tie)",
     "cells": "cells in the grid", "steps_built": "steps that ran", "steps_reused": "steps found built",
     "wall_seconds": "wall time of the grid",
 }
@@ -79,12 +83,17 @@ def epoch_metrics(metrics: dict) -> dict[str, float]:
     return {_EPOCH[k]: float(v) for k, v in metrics.items() if k in _EPOCH and isinstance(v, (int, float))}
 
 
-def pipeline_metrics(results: dict[str, dict], final: str, valid: float | None, epochs: int) -> dict:
-    """{'heldout_accuracy': ..., 'heldout_accuracy_lora': ...} from {evaluation: metrics}."""
+def pipeline_metrics(results: dict[str, dict], final: str, valid: float | None,
+                     epochs: dict[str, int]) -> dict:
+    """{'heldout_accuracy': ..., 'heldout_accuracy_lora': ...} from {evaluation: metrics};
+    ``epochs``: {training stage: epochs trained} (heft/plan.py ``trained_epochs``)."""
     m = results[final]
     out = {"heldout_accuracy": m["accuracy"], "heldout_ci95_low": m["ci95_low"],
            "heldout_ci95_high": m["ci95_high"], "heldout_majority_rate": m["majority_rate"],
-           "total_epochs": epochs}
+           "total_epochs": sum(epochs.values()), "lora_epochs": epochs.get("lora", 0),
+           "reft_epochs": epochs.get("reft", 0)}
+    if "predicted_true_rate" in m:
+        out["heldout_predicted_true_rate"] = m["predicted_true_rate"]
     out |= {f"heldout_accuracy_{name}": r["accuracy"] for name, r in results.items() if name != final}
     if valid is not None:
         out["valid_accuracy"] = valid
