@@ -114,7 +114,7 @@ def titled(steps: list[Step], fields: dict[str, tuple[str, ...]] = SALIENT,
             if names.count((step.stage, detail)) > 1:  # the same settings on another model: say which
                 detail += f" · on {stage_of.get(step.parent_key, 'base')}"
         elif step.stage == "data":
-            detail = "/".join(step.config.source.rstrip("/").split("/")[-2:])
+            detail = "/".join(step.config.data.source.rstrip("/").split("/")[-2:])
         elif step.stage == "base":
             detail = step.config.name.rstrip("/").rsplit("/", 1)[-1]
         elif step.key in (evaluations or {}):

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heft import memory
 from heft.plan import Step
 from heft.progress import Progress
 from heft.store.artifacts import Artifact, ArtifactStore
@@ -55,9 +56,17 @@ def run_step(step: Step, parent: Artifact | None, store: ArtifactStore,
     if (parent.key if parent else None) != step.parent_key:
         got = parent.key if parent else None
         raise ValueError(f"{step.label}: planned parent {step.parent_key}, got {got}")
+    made = []
+
     def make(out):  # only called when the artifact is not in the store: a rerun imports nothing
+        made.append(out)
         build = builder(step.stage)
         built = build(step.config, parent, Context(step, store, out, progress or Progress()))
         built.provenance.update(provenance or {})
         return built
-    return store.get_or_build(step, parent, make)
+    try:
+        return store.get_or_build(step, parent, make)
+    finally:
+        if made:  # a stage that built: its model and tensors are dead now, their pages go back
+            # to the system instead of staying in glibc's heap under the next stage (heft/memory.py)
+            memory.release()

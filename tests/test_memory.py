@@ -1,0 +1,58 @@
+"""A stage keeps nothing alive after it returns, and its freed pages are handed back
+(heft/memory.py): the models a stage loads are gone when ``run_step`` returns, with Python's
+automatic garbage collection off (so only what the stage runner does counts), and the runner
+gives the heap back after every stage it built, not after a stage found in the store."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from heft import memory
+from heft.config import LoraConfig, ReftConfig
+from heft.modeling import models
+from heft.plan import plan
+from heft.stages import run_step
+from heft.store.artifacts import ArtifactStore
+
+
+@pytest.fixture
+def no_automatic_gc():
+    was = gc.isenabled()
+    gc.disable()
+    yield
+    if was:
+        gc.enable()
+
+
+def test_stages_keep_no_model_alive(tiny_config, tmp_path, monkeypatch, no_automatic_gc):
+    loaded, trims = [], []
+    real_load = models.load_model
+
+    def load_model(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+    monkeypatch.setattr(models, "load_model", load_model)
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    cfg = tiny_config(tmp_path / "art", lora=LoraConfig(epochs=1, lr=1e-2),
+                      reft=ReftConfig(epochs=1, lr=1e-2, layer=1))
+    store, done = ArtifactStore(cfg.artifact_root), {}
+    steps = plan(cfg).steps
+    for step in steps:
+        before = len(trims)
+        done[step.key] = run_step(step, done.get(step.parent_key), store)
+        assert len(trims) == before + 1, f"{step.label}: the heap was not given back after it built"
+        alive = [ref() for ref in loaded if ref() is not None]
+        assert not alive, f"{step.label} left model(s) alive: {[type(m).__name__ for m in alive]}"
+    assert sum(s.stage in ("lora", "merge", "reft", "evaluate") for s in steps) <= len(loaded)
+    trims.clear()
+    for step in steps:  # found in the store: nothing built, nothing to give back
+        run_step(step, done.get(step.parent_key), store)
+    assert trims == []
+
+
+def test_trim_is_safe_to_call():
+    assert memory.trim() in (True, False)
+    memory.release()
