@@ -22,7 +22,8 @@ GOLDEN = {
 OTHER = {"name": "other/model", "family": "causal-lm", "dtype": "bfloat16", "pooling": "mean",
          "schedule": "constant", "positions": "l1", "format": "question", "source": "other.jsonl",
          "eval_source": "dev.jsonl", "gguf_file": "model.gguf", "target_modules": ("q_proj",),
-         "autocast": "off", "holdout_size": 500}
+         "autocast": "off", "holdout_size": 500, "subset": "main",
+         "eval_split": "test"}
 CONFIGS = [ModelConfig(), DataConfig(), LoraConfig(), MergeConfig(), ReftConfig(), EvalConfig()]
 
 
