@@ -11,7 +11,8 @@ study's facts (``open_question`` in its YAML); nothing here names a cell.
 The sentence's rule, the paper's two claims read on each task: short HEFT *matches* long LoRA
 (not significantly lower) and *beats* long ReFT (significantly higher).  Both hold: HEFT's
 advantage carries over; one: it partly does; none: it does not.  A HEFT cell whose interval does
-not clear the untrained model's accuracy has learned nothing to compare, and the sentence says so.
+not clear the untrained model's accuracy has learned nothing to compare, and the sentence says so;
+when neither long cell ran, the claims are called untested and the comparisons that ran are given.
 """
 from __future__ import annotations
 
@@ -80,6 +81,11 @@ def verdict_line(name: str, kind: str, rows: list[dict], cmps: list[dict], facts
             verb = "matches" if wanted == "match" else "beats"
             results.append((outcome, f"{heft['label']} {verb} {other}: {outcome} "
                                      f"({cmp['mean_diff']:+.2f} points, McNemar p = {cmp['mcnemar_p']:.3g})"))
+    if not results:  # the paper's comparison cells did not run: say so, give what did
+        rest = [f"vs {c['b']} {c['mean_diff']:+.2f} points (McNemar p = {c['mcnemar_p']:.3g})"
+                for c in cmps if c["a"] == heft["label"] and c["b"] != facts["floor"]]
+        return head + (f"{facts['match']} and {facts['beat']} did not run, so the paper's claims are not "
+                       f"tested on this task; {heft['label']} {'; '.join(rest) or 'has no other cell to compare'}.")
     held = sum(o == "holds" for o, _ in results)
     carried = "carries over" if results and held == len(results) else "partly carries over" if held \
         else "does not carry over"
