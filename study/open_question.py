@@ -84,8 +84,9 @@ def verdict_line(name: str, kind: str, rows: list[dict], cmps: list[dict], facts
     if not results:  # the paper's comparison cells did not run: say so, give what did
         rest = [f"vs {c['b']} {c['mean_diff']:+.2f} points (McNemar p = {c['mcnemar_p']:.3g})"
                 for c in cmps if c["a"] == heft["label"] and c["b"] != facts["floor"]]
+        ran = "; ".join(rest) or "has no other cell to compare"
         return head + (f"{facts['match']} and {facts['beat']} did not run, so the paper's claims are not "
-                       f"tested on this task; {heft['label']} {'; '.join(rest) or 'has no other cell to compare'}.")
+                       f"tested on this task; {heft['label']} {ran}.")
     held = sum(o == "holds" for o, _ in results)
     carried = "carries over" if results and held == len(results) else "partly carries over" if held \
         else "does not carry over"
