@@ -108,10 +108,10 @@ def command(argv: list[str] | None = None) -> int:
     model_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     stop_on_signals()
-    if args.command == "predict":
-        return model_cli.predict_command(args)
-    if args.command == "export":
-        return model_cli.export_command(args)
+    if args.command in ("predict", "export"):  # the answers on stdout, no library chatter on stderr
+        with terminal(args.verbose):
+            command = model_cli.predict_command if args.command == "predict" else model_cli.export_command
+            return command(args)
     if args.command == "grid":
         return grid_command(args)
     if args.command == "study":
