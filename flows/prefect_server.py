@@ -52,7 +52,9 @@ class TemporaryServer:
         from prefect.settings import get_current_settings
         self.port = _free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+        # the temporary server sends no usage telemetry unless asked (offline it logs an ERROR a minute)
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "0",
+               "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1",
                **get_current_settings().to_environment_variables(exclude_unset=True)}
         self.process = subprocess.Popen(
