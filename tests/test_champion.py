@@ -75,7 +75,7 @@ def test_the_registered_champion_is_the_validation_winner(tmp_path, monkeypatch)
     # readable tags: percentages, not raw floats; the model and task named outside the config blob
     assert (tags["valid_accuracy"], tags["heldout_accuracy"]) == ("90.00%", "60.00%")
     assert tags["heft.model"] == RunConfig().model.name and tags["heft.data.key"] == "data-key-1"
-    assert description.startswith("all-MiniLM-L6-v2 · task google/boolq · "
+    assert description.startswith("all-MiniLM-L6-v2 · task boolq · "
                                   "B validation best (HEFT (LoRA->ReFT)) · validation 90.00% of 400 rows · "
                                   "held-out 60.00% (95% CI 55.00%-65.00%, n=100) · majority rate 60.00%")
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("heft", "study", "tasks", "flows")
 # Lower layers first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    ("heft.modes", "heft.config", "heft.progress", "heft.stats", "heft.presets"),
+    ("heft.modes", "heft.config", "heft.progress", "heft.stats", "heft.presets", "heft.memory"),
     ("heft.store",),
     ("heft.data", "heft.tracking"),
     ("heft.modeling",),

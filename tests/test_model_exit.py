@@ -132,10 +132,13 @@ def test_registry_alias_and_the_served_model_answers_rest(trained, tmp_path):
     from heft.inference.mlflow_model import register
     run_id = trained["result"].model["uri"].split("/")[1]
     tracking = trained["cfg"].tracking_uri
-    version = register("heft-test", run_id, tracking, {"heft.cell": "tiny", "valid_accuracy": 1.0})
+    out = register("heft-test", trained["result"].model["uri"], run_id, tracking, {"heft.cell": "tiny"},
+                   "the tiny model", valid=1.0, data_key="data-key")
+    version = out["version"]
+    assert out["alias"] == "champion" and out["previous"] is None  # the first version of the name
     client = MlflowClient(tracking, registry_uri=tracking)
     champion = client.get_model_version_by_alias("heft-test", "champion")
-    assert champion.version == version and champion.tags["heft.cell"] == "tiny"
+    assert str(champion.version) == version and champion.tags["heft.cell"] == "tiny"
     rows, preds = heldout(trained)
     mlflow.set_registry_uri(tracking)
     assert heft.load("models:/heft-test@champion", tracking_uri=tracking).predict(rows[:1])[0]["label"] == \
