@@ -224,7 +224,7 @@ def test_the_registered_version_says_which_model_and_its_heldout_accuracy(server
     text = page_text(browser, f"{servers['mlflow']}/#/models/heft-ui/versions/{version.version}", accuracy,
                      servers["tmp"] / "mlflow-registry.png")
     line = next(ln for ln in text.splitlines() if accuracy in ln)
-    assert line.startswith("tiny-llama") and " · task boolq · " in line, line  # model and task (BoolQ-style rows)
+    assert line.startswith("tiny-llama") and " · task boolq · " in line, line  # model and task
     assert cell.data.tags["heft.cell"] in line and "majority rate" in line
 
 
