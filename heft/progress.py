@@ -151,22 +151,25 @@ class Progress:
         """Whether optimizer step ``step`` reports: every ``every`` steps, or, when a step callback
         listens, more often in short epochs (at least 5 points per epoch); or a step line is due.
         Training reads its device-side loss only then (and at the end of each epoch)."""
-        every = self.every
-        if steps_per_epoch and self.on_step:
-            every = min(every, max(1, steps_per_epoch // 5))
-        return step % every == 0 or bool(self.lines and steps_per_epoch and self._line_due(step))
+        return step % self._interval(steps_per_epoch) == 0 or self._wants_line(step, steps_per_epoch)
 
     def step(self, step: int, metrics: dict, steps_per_epoch: int = 0, epochs: int = 0) -> None:
         """Called when ``due``: the step callback at its interval, a step line when one is due.
-        Raises ``Stopped`` once the run was interrupted."""
-        check_stop()
+        (Training checks for an interrupt itself, every step.)"""
         if epochs and steps_per_epoch:
             self.fraction = step / (epochs * steps_per_epoch)
-        every = min(self.every, max(1, steps_per_epoch // 5)) if steps_per_epoch else self.every
-        if self.on_step and step % every == 0:
+        if self.on_step and step % self._interval(steps_per_epoch) == 0:
             self.on_step(step, metrics)
-        if self.lines and steps_per_epoch and self._line_due(step):
+        if self._wants_line(step, steps_per_epoch):
             self._say_step(step, metrics, steps_per_epoch, epochs)
+
+    def _interval(self, steps_per_epoch: int) -> int:
+        if steps_per_epoch and self.on_step:
+            return min(self.every, max(1, steps_per_epoch // 5))
+        return self.every
+
+    def _wants_line(self, step: int, steps_per_epoch: int) -> bool:
+        return bool(self.lines and steps_per_epoch and self._line_due(step))
 
     def start(self, step: int = 0) -> None:
         """Training starts (or resumes) at ``step``: the clock of the step lines starts here."""
