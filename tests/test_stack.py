@@ -86,7 +86,8 @@ def task_states(stack, flow_run_id: str) -> dict[str, list[str]]:
     runs = call(f"{stack['prefect']}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     states: dict[str, list[str]] = {}
     for r in runs:
-        stage = r["name"].split(":")[0]  # task-run names say what they make: 'evaluate:heft'
+        # task-run names say what they make: 'reft · layer=3 · seed=0', 'evaluate:heft · ...'
+        stage = r["name"].split(" · ")[0].split(":")[0]
         states.setdefault(stage, []).append(r["state"]["name"])
     return states
 
