@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 STUDY ?= deployments/study/minilm-core.yaml
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-.PHONY: venv test-venv demo grid results test test-slow test-stack lint docs gpu-check mutations clean up down status
+.PHONY: venv test-venv demo grid results test test-slow test-long test-stack lint docs gpu-check mutations clean up down status
 .PHONY: deploy run-deployment
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.test-installed
@@ -63,7 +63,12 @@ test: test-venv lint
 
 test-slow: test-venv
 	mkdir -p $(PREFECT_HOME)
-	$(PY) -m pytest -q -m "slow or stack"
+	$(PY) -m pytest -q -m "slow or stack or long"
+
+# grids, the study and the browser pages on real runs (~9 min); CI runs it after `test`
+test-long: test-venv
+	mkdir -p $(PREFECT_HOME)
+	$(PY) -m pytest -q -m long
 
 # the local services stack end to end (tests/test_stack.py, ~6 min); CI runs it after `test`
 test-stack: test-venv

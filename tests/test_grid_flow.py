@@ -86,6 +86,7 @@ def test_ablation_report_heatmap_and_mlflow_nesting(ablation, base):
     assert any(n.startswith("reft · layer=") and " · rank=" in n for n in names), names
 
 
+@pytest.mark.long  # 50 s: the ablation above keeps what a change reruns in the default tier
 def test_lora_rank_change_reruns_everything_below_data(harness, base):
     out = run(base, "deployments/grids/lora-rank.yaml", root="rank")
     second = out["cells"][1]
@@ -107,6 +108,7 @@ def test_epoch_grid_continues_lora_from_checkpoints(harness, base):
     assert ran(cells["lora.epochs=2 reft.epochs=1"]) == ["reft", "evaluate"]
 
 
+@pytest.mark.long  # 65 s: nine cells with seeds
 def test_orderings_with_seeds_share_stages_and_report_spread(harness, base):
     out = run(base, "deployments/grids/orderings.yaml", "seeds=[0, 1]", root="ord", register="heft-orderings")
     cells = {(c["label"], c["seed"]): c for c in out["cells"]}

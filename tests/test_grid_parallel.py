@@ -14,6 +14,8 @@ from heft.grids.spec import load_grid
 from heft.grids.plan import GPU_STAGES
 
 pytest.importorskip("prefect_dask")
+# the long tier (make test-long, CI): two grids on a 2-worker cluster take about 2.5 minutes
+pytestmark = pytest.mark.long
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from flows.study_flow import heft_study
 from heft.grids.spec import load_grid
 from study.spec import gather
 
+# the long tier (make test-long, CI): the study's grids take about 2.5 minutes on 2 cores
+pytestmark = pytest.mark.long
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -27,8 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not CHROMIUM,
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+# the long tier (make test-long, CI): the servers and the grids behind the pages take about 2 minutes
+pytestmark = [pytest.mark.long,
+              pytest.mark.skipif(not CHROMIUM,
+                                 reason="Debian's chromium is not installed (apt-get install chromium)")]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
