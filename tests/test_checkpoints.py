@@ -38,8 +38,10 @@ def curves(art):
             for h in json.loads(open(f"{art.uri}/history.json").read())]
 
 
-@pytest.mark.parametrize("stage,mode,weights", [("lora", "lora-only", "adapter/adapter_model.safetensors"),
-                                                ("reft", "reft-only", "intervention.safetensors")])
+@pytest.mark.parametrize("stage,mode,weights", [
+    # the LoRA case in the long tier (40 s); the same continuation code serves both stages
+    pytest.param("lora", "lora-only", "adapter/adapter_model.safetensors", marks=pytest.mark.long),
+    ("reft", "reft-only", "intervention.safetensors")])
 def test_longer_constant_run_continues_shorter_one_exactly(cfg, tmp_path, stage, mode, weights):
     cfg = dataclasses.replace(cfg, mode=mode)
     short = run_pipeline(with_epochs(cfg, stage, 2))

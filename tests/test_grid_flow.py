@@ -94,6 +94,7 @@ def test_lora_rank_change_reruns_everything_below_data(harness, base):
     assert ran(second) == ["lora", "merge", "evaluate", "evaluate", "reft", "evaluate"]
 
 
+@pytest.mark.long  # 30 s; tests/test_checkpoints.py keeps the continuation in the default tier
 def test_epoch_grid_continues_lora_from_checkpoints(harness, base):
     tmp, _ = base
     out = run(base, "deployments/grids/epochs.yaml", "axes={lora.epochs: [1, 2], reft.epochs: [0, 1]}",

@@ -106,6 +106,7 @@ def verify_all(env, root: str, tmp_path) -> int:
     return checked
 
 
+@pytest.mark.long  # 35 s: two full runs; the stack tier's Dask grid builds under the same lock
 def test_two_hosts_started_together_build_every_key_once(services, tiny_llama, keyword_data, tmp_path):
     env, fs = services
     root, log = "s3://heft-lease/together", tmp_path / "builds.jsonl"
@@ -120,6 +121,7 @@ def test_two_hosts_started_together_build_every_key_once(services, tiny_llama, k
     assert verify_all(env, root, tmp_path) == 8
 
 
+@pytest.mark.long  # 35 s: a run killed mid-build, then a run that waits out the lease
 def test_a_killed_lock_holder_frees_the_key_within_the_lease(services, tiny_llama, keyword_data, tmp_path):
     env, fs = services
     root, log = "s3://heft-lease/killed", tmp_path / "builds.jsonl"

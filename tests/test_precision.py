@@ -44,6 +44,7 @@ def run_bf16_chain(keyword_config, root) -> None:
     assert out["reft"].metrics["intervention_mean_abs_score_change"] > 1e-3
 
 
+@pytest.mark.long  # 31 s: the whole chain; tests/test_cpu_autocast.py keeps bf16 training in the default tier
 def test_heft_chain_in_bfloat16(keyword_config, tmp_path):
     run_bf16_chain(keyword_config, tmp_path)
 

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from heft.config import LoraConfig
 from heft.tracking import Tracker
 
@@ -25,6 +27,7 @@ def train_with_live_logging(tiny_config, tmp_path, tracker):
     return run_plan(plan(cfg), progress=tracker.progress(every=2))
 
 
+@pytest.mark.long  # 33 s: a full run against a store locked for seconds
 def test_a_locked_store_is_waited_out_and_the_curves_still_arrive(tiny_config, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run = Tracker.start(uri, "heft", "lora", params={})
