@@ -206,6 +206,13 @@ class TrainConfig:
         "help": "torch.compile the transformer blocks for the training steps, batch widths padded up to "
                 "multiples of 64 so shapes repeat (heft/modeling/compiled.py); off until a GPU benchmark "
                 "shows it pays (not in the cache key)"})
+    # in the key when set: padding is masked out of every real token, but dropout draws its masks
+    # over the padded shape, so with dropout on the trained weights are others (not only rounding)
+    width_multiple: int = field(default=1, metadata={
+        "key": "unless-default",
+        "help": "pad each training batch's width up to a multiple of this many tokens (1: to its longest "
+                "row); 64 makes batch shapes repeat, so the CPU allocator reuses freed blocks and a "
+                "long epoch's memory stops growing (docs/benchmarks.md section 15)"})
 
     @property
     def head_learning_rate(self) -> float:
@@ -217,6 +224,7 @@ class TrainConfig:
         _require(0 < self.lr < 1, f"{stage}.lr", self.lr, "must be in (0, 1)")
         _require(0 <= self.head_lr < 1, f"{stage}.head_lr", self.head_lr, "must be in [0, 1)")
         _require(self.batch_size >= 1, f"{stage}.batch_size", self.batch_size, "must be >= 1")
+        _require(self.width_multiple >= 1, f"{stage}.width_multiple", self.width_multiple, "must be >= 1")
         _require(0 <= self.warmup_ratio < 1, f"{stage}.warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _require(self.schedule in ("linear", "constant"), f"{stage}.schedule", self.schedule,
                  "'linear' or 'constant'")

@@ -153,7 +153,9 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
             bar = tqdm(batches, desc=f"{progress.label or desc} epoch {epoch}/{cfg.epochs}", unit="batch",
                        leave=False,
                        disable=None)
-            mean, multiple = math.nan, BUCKET if cfg.compile else 1
+            # widths padded up to a multiple repeat: compiled graphs are reused, freed blocks refit
+            multiple = cfg.width_multiple if cfg.width_multiple > 1 else BUCKET if cfg.compile else 1
+            mean = math.nan
             with compiled_blocks(compilable(model, intervention), cfg.compile):  # the steps, not validation
                 for step, idx in enumerate(bar):
                     check_stop()  # an interrupt stops the stage at the next step (a flag: no host read)
