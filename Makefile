@@ -65,7 +65,7 @@ test-slow: test-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m "slow or stack or long"
 
-# grids, the study and the browser pages on real runs (~9 min); CI runs it after `test`
+# grids, the study, the browser pages and other long runs (~12 min); CI runs it after `test`
 test-long: test-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q -m long
