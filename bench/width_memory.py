@@ -32,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from common import rss_mb  # noqa: E402
+
 
 def arm(multiple: int, steps: int, checkpointing: bool) -> None:
     import torch
@@ -60,7 +62,7 @@ def arm(multiple: int, steps: int, checkpointing: bool) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    rss = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+    rss = rss_mb()
     marks = " ".join(f"{peaks[min(i, steps) - 1]:,.0f}" for i in (5, 10, 20, steps))
     print(f"| {multiple} | {'on' if checkpointing else 'off'} | {marks} | {rss:,.0f} | "
           f"{time.perf_counter() - start:.0f} |", flush=True)

@@ -141,6 +141,8 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
         for epoch, metrics in enumerate(history, start=1):  # replayed: complete curves in MLflow
             progress.epoch(epoch, metrics)
     dev = next(model.parameters()).device
+    # widths padded up to a multiple repeat: compiled graphs are reused, freed blocks refit
+    multiple = cfg.width_multiple if cfg.width_multiple > 1 else BUCKET if cfg.compile else 1
     progress.start(resumed * steps_per_epoch)
     with intervention.attached(layers) if intervention else nullcontext(), \
             adapters_follow_autocast(model, precision):
@@ -153,8 +155,6 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
             bar = tqdm(batches, desc=f"{progress.label or desc} epoch {epoch}/{cfg.epochs}", unit="batch",
                        leave=False,
                        disable=None)
-            # widths padded up to a multiple repeat: compiled graphs are reused, freed blocks refit
-            multiple = cfg.width_multiple if cfg.width_multiple > 1 else BUCKET if cfg.compile else 1
             mean = math.nan
             with compiled_blocks(compilable(model, intervention), cfg.compile):  # the steps, not validation
                 for step, idx in enumerate(bar):
