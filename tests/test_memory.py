@@ -56,3 +56,30 @@ def test_stages_keep_no_model_alive(tiny_config, tmp_path, monkeypatch, no_autom
 def test_trim_is_safe_to_call():
     assert memory.trim() in (True, False)
     memory.release()
+
+
+def test_scoring_runs_the_widest_batch_first_with_the_same_rows_per_batch(tiny_llama, monkeypatch):
+    """Evaluation's batches go widest first (heft/data/batching.py eval_batches: narrower
+    batches then fit the blocks the wider ones freed, instead of growing the CPU heap), and each
+    batch holds the rows it held in ascending length order, so not a score changes."""
+    import random
+
+    from heft.data.batching import Encoded
+    from heft.modeling import scoring
+    rng = random.Random(0)
+    ids = [[2] + [rng.randrange(5, 30) for _ in range(rng.randrange(3, 40))] for _ in range(50)]
+    enc = Encoded(ids, None, [0] * 50, None, list(range(50)))
+    model = models.load_model(str(tiny_llama), "causal-lm").eval()
+    batches, widths = [], []
+    real_collate = scoring.collate
+    monkeypatch.setattr(scoring, "collate",
+                        lambda enc, idx, pad: batches.append(list(idx)) or real_collate(enc, idx, pad))
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: widths.append(args[0].shape[1]))
+    try:
+        scoring.predict(model, enc, 8, family="causal-lm", pooling="mean", pad_id=0, answer_ids=(5, 6))
+    finally:
+        hook.remove()
+    assert widths[0] == max(map(len, ids)) and widths == sorted(widths, reverse=True), widths
+    ascending = sorted(range(50), key=lambda i: len(ids[i]))
+    assert batches == [ascending[j:j + 8] for j in range(0, 50, 8)][::-1]

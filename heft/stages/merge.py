@@ -64,7 +64,7 @@ def merge_lora(cfg: MergeConfig, parent: Artifact, ctx: Context) -> Built:
     if not len(enc):
         enc = inputs.sequences("train", tok)
     # a small sample, the longest rows: full outputs of a causal LM are rows x tokens x vocabulary
-    longest = eval_batches(enc, CHECK_ROWS)[-1]
+    longest = eval_batches(enc, CHECK_ROWS)[0]
     batch = to_device(collate(enc, longest, tok.pad_token_id), models.device())
 
     def outputs(model):
