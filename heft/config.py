@@ -200,12 +200,14 @@ class TrainConfig:
         "help": "'linear' (warm-up over warmup_ratio of all steps, decay to 0) or 'constant' (warm-up "
                 "over warmup_ratio of the first epoch, then flat: longer runs continue shorter ones)"})
     seed: int = field(default=0, metadata={"help": "torch seed for init, dropout and shuffling"})
-    # key=False: the same numbers up to rounding, in fused kernels
+    # in the key when set: fused kernels change only rounding, but the compiled path pads widths to
+    # multiples of 64 and dropout draws its masks over the padded shape, so with dropout the trained
+    # weights are others (as with width_multiple)
     compile: bool = field(default=False, metadata={
-        "key": False,
+        "key": "unless-default",
         "help": "torch.compile the transformer blocks for the training steps, batch widths padded up to "
                 "multiples of 64 so shapes repeat (heft/modeling/compiled.py); off until a GPU benchmark "
-                "shows it pays (not in the cache key)"})
+                "shows it pays"})
     # in the key when set: padding is masked out of every real token, but dropout draws its masks
     # over the padded shape, so with dropout on the trained weights are others (not only rounding)
     width_multiple: int = field(default=1, metadata={

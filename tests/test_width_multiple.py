@@ -32,6 +32,11 @@ def test_batches_are_padded_to_the_multiple_and_train_the_same(stories, keyword_
     assert stage_key("reft", plain.reft, "p") != stage_key("reft", padded.reft, "p")
     default = load_run_config("deployments/stories-boolq.yaml", args + ["lora.width_multiple=1"])
     assert stage_key("lora", plain.lora, "p") == stage_key("lora", default.lora, "p")  # old keys stay
+    compiled = load_run_config("deployments/stories-boolq.yaml",
+                               args + ["lora.compile=true", "reft.compile=true"])
+    # the compiled path pads to multiples of 64 too: its trained weights are others under dropout
+    assert stage_key("lora", plain.lora, "p") != stage_key("lora", compiled.lora, "p")
+    assert stage_key("reft", plain.reft, "p") != stage_key("reft", compiled.reft, "p")
 
     a = run_pipeline(plain)
     plain_widths, widths[:] = list(widths), []
