@@ -35,7 +35,8 @@ def test_stages_keep_no_model_alive(tiny_config, tmp_path, monkeypatch, no_autom
         loaded.append(weakref.ref(model))
         return model
     monkeypatch.setattr(models, "load_model", load_model)
-    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    # the runner's release (its gc.collect not run: the models must die by reference counting)
+    monkeypatch.setattr(memory, "release", lambda: trims.append(1))
     cfg = tiny_config(tmp_path / "art", lora=LoraConfig(epochs=1, lr=1e-2),
                       reft=ReftConfig(epochs=1, lr=1e-2, layer=1))
     store, done = ArtifactStore(cfg.artifact_root), {}
@@ -83,3 +84,26 @@ def test_scoring_runs_the_widest_batch_first_with_the_same_rows_per_batch(tiny_l
     assert widths[0] == max(map(len, ids)) and widths == sorted(widths, reverse=True), widths
     ascending = sorted(range(50), key=lambda i: len(ids[i]))
     assert batches == [ascending[j:j + 8] for j in range(0, 50, 8)][::-1]
+
+
+def test_training_gives_the_epochs_freed_pages_back_before_each_validation(tiny_llama, monkeypatch):
+    """Validation's wider batches do not fit the holes the training steps left in the CPU heap,
+    so ``train`` trims the heap before each epoch's validation (the demo's peak was set there)."""
+    import random
+
+    from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+
+    from heft.data.batching import Encoded
+    from heft.modeling import training
+    events = []
+    monkeypatch.setattr(memory, "trim", lambda: events.append("trim") or True)
+    rng = random.Random(0)
+    ids = [[2] + [rng.randrange(5, 30) for _ in range(rng.randrange(3, 20))] for _ in range(24)]
+    enc = Encoded(ids, None, [rng.randrange(2) for _ in ids], None, list(range(24)))
+    model = get_peft_model(models.load_model(str(tiny_llama), "causal-lm"), PeftLoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM))
+    objective = training.Objective(enc, models.label_loss("causal-lm", "cls", (5, 6)),
+                                   lambda m: events.append("validate") or 0.5, 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    training.train(model, [{"params": params}], objective, LoraConfig(epochs=2, batch_size=8), desc="t")
+    assert events == ["trim", "validate", "trim", "validate"], events

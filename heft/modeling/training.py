@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from heft import memory
 from heft.config import TrainConfig
 from heft.data.batching import Encoded, collate, to_device, train_batches
 from heft.modeling import models
@@ -186,6 +187,11 @@ def train(model, groups: list[dict], objective: Objective, cfg: TrainConfig, *, 
             metrics = {"train_loss": mean, "epoch_seconds": seconds,
                        "train_examples_per_second": seen / seconds,
                        "optimizer_steps": epoch * steps_per_epoch}
+            # the epoch's freed activations go back to the system first: validation's batches
+            # (64 rows) do not fit the holes the training steps (16 rows) left in glibc's heap,
+            # so without the trim they are stacked on top of them (the demo peaked at each
+            # epoch's validation, docs/benchmarks.md section 15); milliseconds, no number changes
+            memory.trim()
             valid = objective.validate(model)
             if valid is not None:
                 metrics["valid_accuracy"] = valid
