@@ -191,8 +191,14 @@ def test_an_interrupted_grid_stops_its_threads_and_leaves_nothing_running(harnes
 
     def interrupt_once_lora_trains():
         checkpoints = grid_dir / "stop" / "checkpoints" / "lora"  # LoRA's first epoch is saved
+
+        def saved() -> bool:  # the folder can change under the listing: an error here must not
+            try:              # end this thread silently (the grid would then never be interrupted)
+                return checkpoints.is_dir() and any(checkpoints.iterdir())
+            except OSError:
+                return False
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        while time.monotonic() < deadline and not saved():
             time.sleep(0.2)
         time.sleep(0.5)
         stopped_at.append(time.monotonic())
